@@ -1,0 +1,721 @@
+"""A session with one MicroPython board over a byte link: the raw REPL engine.
+
+This module speaks the wire protocol (raw REPL, raw-paste, Ctrl-C/D) and
+knows nothing of Jupyter. One BoardSession owns one link; one operation runs
+at a time, except `interrupt()`, which may be called from any thread while
+`exec()` runs.
+
+How the board's answer is framed: see onboard.py. In short, cells run inside
+a small helper that reports output, value, error and completion after a
+per-execution random marker, so no byte a program prints can be mistaken for
+the end of its output.
+"""
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..links import Link, LinkClosed, open_link
+from . import onboard
+from .errors import BoardBusy, BoardNotResponding, CodeTooLarge, DeviceError
+from .result import BoardException, ExecResult, InterruptReport, parse_traceback
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+FRIENDLY_PROMPT = b"\r\n>>> "
+SOFT_REBOOT = b"soft reboot\r\n"
+TRACEBACK_HEAD = b"Traceback (most recent call last):"
+NATIVE_END = b"\x04>"
+
+# A reset shows itself by one of these, then a prompt, then silence.
+_RESET_SIGNS = (
+    (SOFT_REBOOT, "soft"),
+    (b'Type "help()" for more information.', "hard"),
+    (b"rst cause:", "hard"),      # ESP8266 ROM, when the baud rate happens to match
+    (b"rst:0x", "hard"),          # ESP32 ROM
+)
+_PROMPT_ENDINGS = (RAW_BANNER, b">>> ", b"raw REPL; CTRL-B to exit\n>")
+
+# Code up to this size goes in one plain raw-REPL write: it fits the smallest
+# board receive buffer (ESP8266: 256 bytes) and saves raw-paste's extra round trip.
+SMALL_CODE = 240
+# Without raw-paste: write in pieces a 256-byte receive buffer can take.
+PACED_CHUNK = 256
+PACED_PAUSE = 0.01
+
+OutputCallback = Callable[[bytes], None]
+InputCallback = Callable[[str], "str | None"]
+
+# Escalation ladder for interrupts: (seconds after the first Ctrl-C, step name).
+_LADDER = ((0.5, "ctrl-c x2"), (1.0, "raw-repl"), (2.0, "soft-reset"), (4.0, "hard-reset"), (7.0, "give-up"))
+
+
+class BoardSession:
+    """Run code on a MicroPython board.
+
+    >>> with BoardSession.open("/dev/ttyUSB0") as board:
+    ...     board.exec("print(sum(range(10)))").text
+    '45\\n'
+    """
+
+    def __init__(self, link: Link, *, framed_limit: int = 4096,
+                 log: Callable[[bytes], None] | None = None) -> None:
+        self.link = link
+        #: Cells up to this size run inside the on-board helper; larger programs
+        #: stream through raw-paste so their source never sits in the board's RAM.
+        self.framed_limit = framed_limit
+        #: Called with every byte received from the board (the session log).
+        self.log = log
+        self.raw_paste: bool | None = None   # learned on first use, per connection
+        self.free_ram: int | None = None
+        self._buf = bytearray()
+        self._at_prompt = False              # a raw-REPL '>' was consumed; the board waits for code
+        self._helpers = False
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._interrupt_at: float | None = None
+        self.closed = False
+
+    # -- opening and closing -------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, baudrate: int = 115200, *, connect: bool = True, timeout: float = 10.0,
+             link_options: dict[str, Any] | None = None, **options: Any) -> "BoardSession":
+        link = open_link(url, baudrate=baudrate, **(link_options or {}))
+        session = cls(link, **options)
+        if connect:
+            try:
+                session.connect(timeout)
+            except BaseException:
+                link.close()
+                raise
+        return session
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Bring the board to the raw REPL from whatever it was doing. Never resets it."""
+        with self._lock:
+            self._enter_raw_repl(time.monotonic() + timeout)
+            self._install_helpers(time.monotonic() + timeout)
+
+    def close(self, *, leave_raw_repl: bool = True) -> None:
+        """Leave the board in its friendly REPL and close the link."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if leave_raw_repl and self._at_prompt:
+                self.link.write(b"\r\x02")
+        except Exception:
+            pass
+        self.link.close()
+
+    def __enter__(self) -> "BoardSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------
+
+    def _read_more(self, timeout: float) -> bool:
+        # Long waits are cut into 1 s reads: callers loop against their own deadline.
+        data = self.link.read(65536, max(0.0, min(timeout, 1.0)))
+        if not data:
+            return False
+        if self.log is not None:
+            self.log(data)
+        self._buf += data
+        return True
+
+    def _read_until(self, suffix: bytes, deadline: float, what: str) -> bytes:
+        """Read until the buffer ends with `suffix` (boards add chatter before it)."""
+        while not self._buf.endswith(suffix):
+            # A suffix can also sit mid-buffer when more arrived after it.
+            i = self._buf.find(suffix)
+            if i >= 0:
+                data = bytes(self._buf[: i + len(suffix)])
+                del self._buf[: i + len(suffix)]
+                return data
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read_more(remaining):
+                if time.monotonic() >= deadline:
+                    raise BoardNotResponding(
+                        f"{self.link.description}: no {what} from the board "
+                        f"(last bytes received: {bytes(self._buf[-60:])!r}); "
+                        "is it a MicroPython board at this baud rate?")
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def _drain(self, quiet: float) -> None:
+        while self._read_more(quiet):
+            pass
+        self._buf.clear()
+
+    # -- raw REPL entry --------------------------------------------------------
+
+    def _enter_raw_repl(self, deadline: float) -> None:
+        self._at_prompt = False
+        attempt_end = time.monotonic()
+        while True:
+            # CR first so a half-typed line cannot absorb the control byte;
+            # Ctrl-C twice for programs that catch the first one.
+            self.link.write(b"\r\x03")
+            self._read_more(0.05)
+            self.link.write(b"\x03")
+            self._read_more(0.02)
+            self._buf.clear()
+            self.link.write(b"\r\x01")
+            attempt_end = min(deadline, time.monotonic() + 1.5)
+            try:
+                self._read_until(RAW_BANNER, attempt_end, "raw REPL banner")
+                break
+            except BoardNotResponding:
+                if time.monotonic() >= deadline:
+                    raise BoardNotResponding(
+                        f"{self.link.description}: could not enter the raw REPL "
+                        f"(last bytes: {bytes(self._buf[-60:])!r}); check the port and baud rate, "
+                        "or reset the board") from None
+        self._at_prompt = True
+
+    def _install_helpers(self, deadline: float) -> None:
+        self._run_native(onboard.HELPER_SOURCE.encode(), deadline)
+        self._helpers = True
+        if self.free_ram is None:
+            out = self._run_native(b"import gc\ngc.collect()\nprint(gc.mem_free())", deadline)
+            try:
+                self.free_ram = int(out.split()[-1])
+            except (ValueError, IndexError):
+                self.free_ram = None
+
+    def _run_native(self, code: bytes, deadline: float) -> bytes:
+        """Run internal code with the raw REPL's own framing; return its stdout."""
+        self._send_program(code, deadline)
+        out = self._read_until(b"\x04", deadline, "output")[:-1]
+        err = self._read_until(NATIVE_END, deadline, "end of output")[:-2]
+        self._at_prompt = True
+        if err:
+            raise DeviceError(f"board refused edgekernel's helper code: {err.decode(errors='replace').strip()}")
+        return out
+
+    # -- sending code ----------------------------------------------------------
+
+    def _send_program(self, code: bytes, deadline: float) -> None:
+        """Send a program at the raw prompt; return once the board has taken all of it."""
+        if not self._at_prompt:
+            self._enter_raw_repl(deadline)
+        self._at_prompt = False
+        self._buf.clear()
+        if len(code) <= SMALL_CODE:
+            self.link.write(code + b"\x04")
+            self._expect_ok(deadline)
+            return
+        if self.raw_paste is not False and self._start_raw_paste(deadline):
+            self._raw_paste_write(code, deadline)
+            return
+        limit = self.paced_limit
+        if limit is not None and len(code) > limit:
+            self._at_prompt = True
+            raise CodeTooLarge(
+                f"{len(code):,} bytes of code is more than this board can take without raw-paste "
+                f"(about {limit:,} with {self.free_ram:,} bytes free): split the cell or upload it as a file")
+        for i in range(0, len(code), PACED_CHUNK):
+            if i:
+                time.sleep(PACED_PAUSE)  # the board's 256-byte receive buffer drops overflow
+            self.link.write(code[i: i + PACED_CHUNK])
+        self.link.write(b"\x04")
+        self._expect_ok(deadline)
+
+    @property
+    def paced_limit(self) -> int | None:
+        """Largest program for the plain raw REPL, which holds all of it in RAM before compiling."""
+        if self.free_ram is None:
+            return None
+        return max(1024, self.free_ram // 2)
+
+    def _expect_ok(self, deadline: float) -> None:
+        while len(self._buf) < 2:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read_more(remaining):
+                if time.monotonic() >= deadline:
+                    raise BoardNotResponding(f"{self.link.description}: the board did not acknowledge the code")
+        # A raw banner may precede OK: the echo of an earlier resync (Ctrl-A).
+        while self._buf.startswith(RAW_BANNER):
+            del self._buf[: len(RAW_BANNER)]
+            if len(self._buf) < 2:
+                return self._expect_ok(deadline)
+        if self._buf[:2] != b"OK":
+            got = bytes(self._buf[:60])
+            self._buf.clear()
+            raise DeviceError(f"{self.link.description}: expected OK from the raw REPL, got {got!r}")
+        del self._buf[:2]
+
+    def _start_raw_paste(self, deadline: float) -> bool:
+        self.link.write(b"\x05A\x01")
+        while len(self._buf) < 2:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read_more(remaining):
+                raise BoardNotResponding(f"{self.link.description}: no answer to the raw-paste request")
+        head = bytes(self._buf[:2])
+        if head == b"R\x01":
+            while len(self._buf) < 5:
+                if not self._read_more(max(0.0, deadline - time.monotonic())):
+                    raise BoardNotResponding(f"{self.link.description}: raw-paste window size did not arrive")
+            self._window = int.from_bytes(self._buf[2:4], "little")
+            # The size itself grants one window; the \x01 after it grants a second.
+            self._credit = self._window * 2 if self._buf[4] == 1 else self._window
+            del self._buf[:5]
+            self.raw_paste = True
+            return True
+        self.raw_paste = False
+        if head == b"R\x00":
+            del self._buf[:2]
+        else:
+            # Firmware without raw-paste takes \x01 as "raw REPL again" and reprints the banner.
+            self._read_until(RAW_BANNER, deadline, "raw REPL banner")
+        return False
+
+    def _raw_paste_write(self, code: bytes, deadline: float) -> None:
+        window, credit, sent = self._window, self._credit, 0
+        view = memoryview(code)
+        while sent < len(code):
+            # Read credit whenever the board has sent some, not only when we run dry.
+            wait = 0.0 if credit > 0 else max(0.0, deadline - time.monotonic())
+            if self._read_more(wait) or self._buf:
+                for byte in bytes(self._buf):
+                    if byte == 0x01:
+                        credit += window
+                    elif byte == 0x04:
+                        # The board aborted (a syntax error while compiling): acknowledge, stop.
+                        self._buf.clear()
+                        self.link.write(b"\x04")
+                        return
+                self._buf.clear()
+            elif credit <= 0 and time.monotonic() >= deadline:
+                raise BoardNotResponding(f"{self.link.description}: the board stopped granting raw-paste credit")
+            if credit > 0:
+                n = min(credit, len(code) - sent)
+                self.link.write(bytes(view[sent: sent + n]))
+                sent += n
+                credit -= n
+        self.link.write(b"\x04")
+        # The board answers \x04 once it has compiled everything; credit bytes may still precede it.
+        while True:
+            i = self._buf.find(b"\x04")
+            if i >= 0:
+                del self._buf[: i + 1]
+                return
+            self._buf.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read_more(remaining):
+                if time.monotonic() >= deadline:
+                    raise BoardNotResponding(f"{self.link.description}: the board did not finish compiling")
+
+    # -- executing -------------------------------------------------------------
+
+    def exec(self, code: str | bytes, *, on_output: OutputCallback | None = None,
+             on_input: InputCallback | None = None, show_value: bool = False,
+             timeout: float | None = None, filename: str = "<cell>") -> ExecResult:
+        """Run `code` on the board and return what happened.
+
+        on_output gets stdout bytes as the board prints them. on_input is asked
+        for a line when the code calls input(); returning None makes input()
+        raise on the board. show_value reports a trailing expression's repr.
+        timeout is an overall limit (None: run until done or interrupted).
+        filename names the code in tracebacks.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
+        try:
+            return self._exec_locked(code, on_output, on_input, show_value, timeout, filename)
+        finally:
+            self._lock.release()
+
+    def _exec_locked(self, code: str | bytes, on_output: OutputCallback | None,
+                     on_input: InputCallback | None, show_value: bool, timeout: float | None,
+                     filename: str) -> ExecResult:
+        self._check_open()
+        start = time.monotonic()
+        deadline = start + timeout if timeout is not None else float("inf")
+        setup_deadline = min(deadline, start + 10.0)
+        source = code.decode() if isinstance(code, bytes) else code
+        if show_value:
+            source = onboard.show_trailing_expression(source)
+        marker = onboard.new_marker()
+        for attempt in (1, 2):
+            if not self._helpers:
+                if not self._at_prompt:
+                    self._enter_raw_repl(setup_deadline)
+                self._install_helpers(setup_deadline)
+            framed = len(source.encode()) <= self.framed_limit
+            if framed:
+                program = onboard.framed_call(marker, source)
+            else:
+                self._run_native(onboard.set_marker_call(marker), setup_deadline)
+                program = (source + onboard.STREAM_TRAILER).encode()
+            self._interrupt_at = None
+            self._running.set()
+            try:
+                self._send_program(program, setup_deadline if timeout is None else deadline)
+                result = _Follower(self, marker, framed, on_output, on_input, deadline, filename).run()
+            finally:
+                self._running.clear()
+            if attempt == 1 and _helpers_missing(result):
+                # The board was reset behind our back; the cell did not run. Reinstall and retry.
+                self._helpers = False
+                continue
+            break
+        result.seconds = time.monotonic() - start
+        if result.reset:
+            self._helpers = False
+        return result
+
+    def eval(self, expression: str, timeout: float = 10.0) -> Any:
+        """Evaluate an expression on the board and return it as a Python value.
+
+        The board sends repr(); the host parses it with ast.literal_eval, never
+        eval, so only plain data (numbers, strings, bytes, lists, dicts...) comes back.
+        """
+        result = self.exec(expression, show_value=True, timeout=timeout)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        if result.value is None:
+            return None
+        try:
+            return ast.literal_eval(result.value)
+        except (ValueError, SyntaxError):
+            raise DeviceError(f"the board's value is not plain data: {result.value[:80]}") from None
+
+    def run_internal(self, code: str, timeout: float = 10.0) -> str:
+        """Run helper code of our own; return its output, raise DeviceError if it failed."""
+        result = self.exec(code, timeout=timeout)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        return result.text
+
+    # -- interrupt and resets ------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running.is_set()
+
+    def interrupt(self) -> None:
+        """Stop running code (callable from any thread). exec() then escalates
+        if Ctrl-C is not enough and reports which step worked."""
+        if self._running.is_set() and self._interrupt_at is None:
+            self._interrupt_at = time.monotonic()
+            self.link.write(b"\x03")
+
+    def soft_reset(self, timeout: float = 10.0) -> None:
+        """Ctrl-D at the raw prompt: a clean heap; main.py does not run (raw mode)."""
+        with self._lock:
+            self._check_open()
+            deadline = time.monotonic() + timeout
+            if not self._at_prompt:
+                self._enter_raw_repl(deadline)
+            self._soft_reset_at_prompt(deadline)
+
+    def _soft_reset_at_prompt(self, deadline: float) -> None:
+        self._buf.clear()
+        self._at_prompt = self._helpers = False
+        self.link.write(b"\x04")
+        self._read_until(SOFT_REBOOT, deadline, "soft reboot")
+        # boot.py may print between the reboot line and the banner.
+        self._read_until(RAW_BANNER, deadline, "raw REPL banner after soft reboot")
+        self._at_prompt = True
+        self._install_helpers(deadline)
+
+    def hard_reset(self, timeout: float = 10.0) -> None:
+        """Reset the chip through the link (DTR/RTS on ESP boards), then re-enter the raw REPL."""
+        with self._lock:
+            self._check_open()
+            self._hard_reset(time.monotonic() + timeout)
+
+    def _hard_reset(self, deadline: float) -> None:
+        self._at_prompt = self._helpers = False
+        self.link.hard_reset()
+        self._buf.clear()
+        # Boot output (ROM chatter, boot.py, main.py) ends in the friendly prompt,
+        # unless main.py runs forever; entering the raw REPL interrupts it either way.
+        try:
+            self._read_until(b">>> ", min(deadline, time.monotonic() + 3.0), "boot prompt")
+        except BoardNotResponding:
+            pass
+        self._enter_raw_repl(deadline)
+        self._install_helpers(deadline)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LinkClosed(f"{self.link.description}: the session is closed; connect again")
+
+
+def _helpers_missing(result: ExecResult) -> bool:
+    return (result.error is not None and result.error.type == "NameError"
+            and "_ek" in result.error.message and not result.output)
+
+
+class _Follower:
+    """Reads one execution's answer: output, value, error, end; handles input()
+    and the interrupt ladder. One instance per exec."""
+
+    def __init__(self, session: BoardSession, marker: bytes, framed: bool, on_output: OutputCallback | None,
+                 on_input: InputCallback | None, deadline: float, filename: str) -> None:
+        self.s = session
+        # Where the user's code shows in board tracebacks, and what we call it.
+        if framed:
+            self.hide_files: tuple[str, ...] = (onboard.HELPER_FILE,)
+            self.rename = {onboard.EXEC_FILE: filename}
+        else:
+            self.hide_files = ()
+            self.rename = {onboard.HELPER_FILE: filename}
+        self.marker = marker
+        self.framed = framed
+        self.on_output = on_output
+        self.on_input = on_input
+        self.deadline = deadline
+        self.result = ExecResult()
+        self.output = bytearray()
+        self.state = "out"          # out | value | error | prompt | echo | tail
+        self.field = bytearray()    # text of the current value/error/prompt
+        self.ladder_step = 0
+        self.last_step = "ctrl-c"
+        self.reset_suspect: str | None = None
+        self.scan_from = 0          # where to look for reset signs next
+
+    # Output goes to the caller as soon as it is known not to be framing.
+    def emit(self, data: bytes) -> None:
+        if data:
+            self.output += data
+            if self.on_output is not None:
+                self.on_output(data)
+
+    def run(self) -> ExecResult:
+        s = self.s
+        while True:
+            done = self.parse()
+            if done:
+                break
+            now = time.monotonic()
+            if now >= self.deadline:
+                # Out of time: interrupt like a user would; the ladder takes it from there.
+                self.deadline = float("inf")
+                self.result.timed_out = True
+                s.interrupt()
+            wait = self.deadline - now
+            if s._interrupt_at is not None:
+                wait = min(wait, self.escalate(now))
+            quiet_check = self.end_candidate() or self.reset_candidate()
+            if quiet_check:
+                wait = min(wait, 0.03)
+            if not s._read_more(wait) and quiet_check:
+                if self.finish_quiet():
+                    break
+        r = self.result
+        r.output = bytes(self.output)
+        if s._interrupt_at is not None:
+            r.interrupted = InterruptReport(self.last_step, time.monotonic() - s._interrupt_at)
+            if r.error is None and r.reset is None:
+                r.error = BoardException("KeyboardInterrupt", "")
+            if self.ladder_step > 1:
+                s._at_prompt = False  # resync bytes may still be on their way: re-enter before the next run
+        return r
+
+    # -- parsing -----------------------------------------------------------------
+
+    def parse(self) -> bool:
+        buf = self.s._buf
+        m = self.marker
+        while True:
+            if self.state == "tail":
+                return self.parse_tail()
+            i = buf.find(m)
+            if i >= 0 and len(buf) > i + len(m):
+                kind = chr(buf[i + len(m)])
+                before = bytes(buf[:i])
+                del buf[: i + len(m) + 1]
+                self.reset_suspect = None  # the helper is alive: whatever looked like a reset was output
+                self.end_field(before)
+                self.begin_field(kind)
+                continue
+            if i >= 0:
+                return False  # the marker's letter has not arrived yet
+            # No complete marker: release what cannot be the start of one.
+            keep = _partial_suffix(buf, m)
+            if self.state == "out":
+                cut = len(buf) - keep
+                hold = self.native_end_start(cut)
+                if hold is not None:
+                    cut = hold
+                self.emit(bytes(buf[:cut]))
+                del buf[:cut]
+                self.check_reset_signs()
+            elif self.state != "echo" and keep < len(buf):
+                self.field += buf[: len(buf) - keep]
+                del buf[: len(buf) - keep]
+            elif self.state == "echo":
+                del buf[: len(buf) - keep]
+            return False
+
+    def end_field(self, data: bytes) -> None:
+        if self.state == "out":
+            self.emit(data)
+        elif self.state != "echo":
+            self.field += data
+            text = self.field.decode(errors="replace")
+            if self.state == "value":
+                self.result.value = text
+            elif self.state == "error":
+                self.result.error = parse_traceback(text, hide_files=self.hide_files, rename=self.rename)
+            elif self.state == "prompt":
+                self.answer_input(text)
+        self.field = bytearray()
+
+    def begin_field(self, kind: str) -> None:
+        self.state = {"R": "value", "E": "error", "I": "prompt", "W": "echo",
+                      "i": "out", "D": "tail"}.get(kind, "out")
+
+    def answer_input(self, prompt: str) -> None:
+        line = self.on_input(prompt) if self.on_input is not None else None
+        if line is None:
+            reply = self.marker[1:] + onboard.NO_STDIN_SUFFIX.encode()
+        else:
+            reply = line.replace("\r", " ").replace("\n", " ").encode()
+        self.s.link.write(reply + b"\r")
+
+    def parse_tail(self) -> bool:
+        """After the done marker the raw REPL itself must say \\x04\\x04>."""
+        buf = self.s._buf
+        if len(buf) < 3:
+            if b"\x04\x04>".startswith(bytes(buf)):
+                return False
+        if buf[:3] == b"\x04\x04>":
+            del buf[:3]
+            self.s._at_prompt = True
+            return True
+        # Anything else after a finished run: sys.exit() soft-resets current ports.
+        while buf[:1] == b"\x04":
+            del buf[:1]
+        self.state = "out"
+        self.reset_suspect = "soft"
+        return False
+
+    # -- the raw REPL's own end (code ran outside the helper, or the helper itself failed)
+
+    def native_end_start(self, limit: int) -> int | None:
+        """Index of a \\x04 in buf[:limit] that may begin the raw REPL's own
+        "\\x04 traceback \\x04>" ending; output from there is held back until
+        it is known whether it is the end or just bytes the program printed."""
+        buf = self.s._buf
+        start = 0
+        while True:
+            i = buf.find(b"\x04", start, limit)
+            if i < 0:
+                return None
+            if _could_be_native_end(bytes(buf[i + 1:])):
+                return i
+            start = i + 1
+
+    def end_candidate(self) -> bool:
+        buf = self.s._buf
+        return self.state == "out" and buf.endswith(NATIVE_END) and buf[:1] == b"\x04" \
+            and _could_be_native_end(bytes(buf[1:]), complete=True)
+
+    def recent(self) -> bytes:
+        return bytes(self.output[-64:]) + bytes(self.s._buf)
+
+    def reset_candidate(self) -> bool:
+        return self.state == "out" and self.reset_suspect is not None and self.recent().endswith(_PROMPT_ENDINGS)
+
+    def finish_quiet(self) -> bool:
+        """Nothing more came after a possible ending: it was the ending."""
+        s = self.s
+        if self.end_candidate():
+            err = bytes(s._buf[1:-2])
+            s._buf.clear()
+            s._at_prompt = True
+            if err:
+                self.result.error = parse_traceback(err.decode(errors="replace"),
+                                                    hide_files=self.hide_files, rename=self.rename)
+            return True
+        if self.reset_candidate():
+            if self.reset_suspect != "resync":
+                self.result.reset = self.reset_suspect
+                s._helpers = False
+            s._at_prompt = self.recent().endswith(RAW_BANNER)
+            s._buf.clear()
+            return True
+        return False
+
+    def check_reset_signs(self) -> None:
+        """Look for reboot text in what the board sent (a reset mid-exec)."""
+        out = self.output
+        window = bytes(out[max(0, self.scan_from - 40):]) + bytes(self.s._buf)
+        self.scan_from = len(out)
+        # A sign alone proves nothing (a program may print it): a prompt and
+        # silence must follow before reset_candidate() believes it.
+        for sign, kind in _RESET_SIGNS:
+            if sign in window and self.reset_suspect != "hard":
+                self.reset_suspect = kind
+
+    # -- interrupt ladder -------------------------------------------------------------
+
+    def escalate(self, now: float) -> float:
+        """Take the next step of the ladder when its time has come; return the
+        seconds until the one after."""
+        s = self.s
+        started = s._interrupt_at
+        assert started is not None
+        while self.ladder_step < len(_LADDER) and now - started >= _LADDER[self.ladder_step][0]:
+            step = _LADDER[self.ladder_step][1]
+            self.ladder_step += 1
+            if step == "ctrl-c x2":
+                s.link.write(b"\x03")
+                time.sleep(0.01)
+                s.link.write(b"\x03")
+            elif step == "raw-repl":
+                s.link.write(b"\r\x03\x03\r\x01")
+                self.reset_suspect = self.reset_suspect or "resync"
+            elif step == "soft-reset":
+                s.link.write(b"\r\x03\x03\x04")
+                self.reset_suspect = "soft"
+            elif step == "hard-reset":
+                if s.link.can_hard_reset:
+                    s.link.hard_reset()
+                    self.reset_suspect = "hard"
+                else:
+                    continue
+            elif step == "give-up":
+                raise BoardNotResponding(
+                    f"{s.link.description}: the board ignores Ctrl-C and a soft reset; "
+                    "press its reset button or unplug it, then reconnect")
+            self.last_step = step
+        if self.ladder_step < len(_LADDER):
+            return max(0.0, started + _LADDER[self.ladder_step][0] - now)
+        return 1.0
+
+
+def _partial_suffix(buf: bytearray, marker: bytes) -> int:
+    """Length of the longest tail of buf that is a proper prefix of marker."""
+    j = buf.rfind(marker[:1], max(0, len(buf) - len(marker) + 1))
+    if j < 0:
+        return 0
+    tail = bytes(buf[j:])
+    return len(tail) if marker.startswith(tail) else 0
+
+
+def _could_be_native_end(rest: bytes, complete: bool = False) -> bool:
+    """Could "\\x04" + rest be (the start of) the raw REPL's own ending?"""
+    if rest == b"\x04>" or (not complete and b"\x04>".startswith(rest)):
+        return True
+    head = TRACEBACK_HEAD
+    if len(rest) < len(head):
+        return not complete and head.startswith(rest)
+    if not rest.startswith(head):
+        return False
+    j = rest.find(b"\x04", len(head))
+    if j < 0:
+        return not complete
+    tail = rest[j:]
+    return tail == b"\x04>" or (not complete and b"\x04>".startswith(tail))

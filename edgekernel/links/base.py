@@ -1,0 +1,60 @@
+"""The byte-link interface every transport implements.
+
+A link moves bytes to and from a board and knows nothing of the REPL protocol
+spoken over it. Reads wait on the OS (select) rather than polling with sleeps:
+that is what keeps a command round trip near the wire's floor.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+
+
+class LinkError(Exception):
+    """A link could not be opened or used. The message says what to do."""
+
+
+class LinkClosed(LinkError):
+    """The link went away (port vanished, cable pulled, peer closed)."""
+
+
+class Link(ABC):
+    """A bidirectional byte stream to one board."""
+
+    #: Human-readable name of the other end, e.g. "/dev/ttyUSB0".
+    description: str = "?"
+
+    def __init__(self) -> None:
+        # Interrupts are written from another thread while a reader is busy.
+        self._write_lock = threading.Lock()
+
+    @abstractmethod
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        """Return 1..max_bytes bytes, or b"" when nothing arrived within timeout.
+
+        Raises LinkClosed when the other end is gone.
+        """
+
+    @abstractmethod
+    def _write(self, data: bytes) -> None: ...
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            self._write(data)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    def can_hard_reset(self) -> bool:
+        """True when the link can reset the board itself (DTR/RTS wiring)."""
+        return False
+
+    def hard_reset(self) -> None:
+        raise LinkError(f"{self.description}: this link cannot reset the board; press its reset button")
+
+    def __enter__(self) -> "Link":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
