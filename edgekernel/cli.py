@@ -1,0 +1,184 @@
+"""The `edgekernel` command: boards from the shell. Thin: the work is in the device layer."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+from . import __version__
+from .device import BoardSession, DeviceError, ExecResult, LinkError
+
+PORT_ENV = "EDGEKERNEL_PORT"
+
+
+def _add_port_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", "-p", default=os.environ.get(PORT_ENV),
+                   help=f"device path or pyserial URL (socket://, rfc2217://, loop://); default ${PORT_ENV} "
+                        "or the first USB serial board found")
+    p.add_argument("--baud", "-b", type=int, default=115200, help="baud rate (default 115200)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="overall time limit in seconds (default: none; Ctrl-C interrupts the board)")
+
+
+def _resolve_port(args: argparse.Namespace) -> str:
+    if args.port:
+        return args.port
+    from .ports import auto_port
+    port, _ = auto_port()
+    if port is None:
+        raise LinkError("no board found: plug one in, pass --port PATH, or try 'edgekernel board --emulator unix'")
+    return port
+
+
+def _open(args: argparse.Namespace) -> BoardSession:
+    return BoardSession.open(_resolve_port(args), args.baud)
+
+
+def _write_output(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _read_line(prompt: str) -> str | None:
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    return line.rstrip("\r\n") if line else None
+
+
+def _run_interruptibly(board: BoardSession, work: Callable[[], ExecResult]) -> ExecResult:
+    """Run `work` in a thread so that the host's Ctrl-C interrupts the board
+    instead of tearing the protocol apart mid-read."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    interrupts = 0
+    while worker.is_alive():
+        try:
+            worker.join(0.2)
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts > 2:
+                raise
+            board.interrupt()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def _report(result: ExecResult, *, show_value: bool) -> int:
+    if show_value and result.value is not None:
+        _write_output(result.value.encode() + b"\n")
+    if result.reset:
+        print(f"edgekernel: the board rebooted ({result.reset} reset) while the code ran", file=sys.stderr)
+        return 1
+    if result.error:
+        if result.interrupted:
+            print(f"edgekernel: interrupted ({result.interrupted.step}, {result.interrupted.seconds:.2f} s)",
+                  file=sys.stderr)
+            return 130
+        print(str(result.error), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    code = args.code if args.code != "-" else sys.stdin.read()
+    with _open(args) as board:
+        result = _run_interruptibly(board, lambda: board.exec(
+            code, on_output=_write_output, on_input=_read_line, show_value=True, timeout=args.timeout))
+        return _report(result, show_value=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with open(args.script, encoding="utf-8") as f:
+        code = f.read()
+    with _open(args) as board:
+        result = _run_interruptibly(board, lambda: board.exec(
+            code, on_output=_write_output, on_input=_read_line, timeout=args.timeout,
+            filename=os.path.basename(args.script)))
+        return _report(result, show_value=False)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        if args.hard:
+            board.hard_reset()
+        else:
+            board.soft_reset()
+    print(f"{'hard' if args.hard else 'soft'} reset done")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .ports import list_serial_ports
+    ports = list_serial_ports(include_plain=args.all)
+    if args.json:
+        print(json.dumps([p.as_json() for p in ports], indent=2))
+        return 0
+    if not ports:
+        print("no USB serial ports found (plug a board in, or use --all to list every port)")
+        return 0
+    for p in ports:
+        print(f"{p.device:<16} {p.usb_id:<10} {p.bridge or '-':<11} {p.board_guess or p.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgekernel", description="MicroPython boards from the shell and Jupyter")
+    parser.add_argument("--version", action="version", version=f"edgekernel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("devices", help="list serial ports with USB IDs and a guess of the board")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="include ports without USB IDs")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("exec", help="run code on the board; shows a trailing expression's value")
+    _add_port_arguments(p)
+    p.add_argument("code", help="MicroPython code ('-' reads it from stdin)")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("run", help="run a local script on the board; output streams as it is printed")
+    _add_port_arguments(p)
+    p.add_argument("script", help="path of a .py file on this machine")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reset", help="soft-reset the board (or --hard: through DTR/RTS on ESP boards)")
+    _add_port_arguments(p)
+    p.add_argument("--hard", action="store_true", help="reset the chip through the serial adapter's DTR/RTS")
+    p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("board", help="start an emulated board and print its serial device path")
+    from .emulator.cli import add_board_arguments, run_board
+    add_board_arguments(p)
+    p.set_defaults(func=run_board)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LinkError, DeviceError) as exc:
+        print(f"edgekernel: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"edgekernel: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Finding boards: serial ports with their USB IDs and a guess of what is on them."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from serial.tools import list_ports
+
+# USB vendor (and product) IDs of the bridges and boards MicroPython users meet.
+_BRIDGES: dict[tuple[int, int | None], tuple[str, str]] = {
+    (0x10C4, 0xEA60): ("CP210x", "ESP8266/ESP32 board (NodeMCU, DevKit)"),
+    (0x10C4, None): ("CP210x", "ESP8266/ESP32 board"),
+    (0x1A86, 0x7523): ("CH340", "ESP8266/ESP32 board (Wemos D1 mini, NodeMCU clone)"),
+    (0x1A86, 0x55D4): ("CH9102", "ESP32 board"),
+    (0x1A86, None): ("CH34x", "ESP8266/ESP32 board"),
+    (0x0403, None): ("FTDI", "board behind an FTDI adapter (ESP8266/ESP32 likely)"),
+    (0x303A, None): ("native USB", "ESP32-S2/S3/C3 (Espressif native USB)"),
+    (0x2E8A, None): ("native USB", "Raspberry Pi Pico / RP2"),
+    (0xF055, None): ("native USB", "pyboard (MicroPython)"),
+    (0x0D28, 0x0204): ("DAPLink", "BBC micro:bit"),
+    (0x239A, None): ("native USB", "Adafruit board"),
+}
+ESP_BRIDGES = {"CP210x", "CH340", "CH9102", "CH34x", "FTDI"}
+
+
+@dataclass
+class PortInfo:
+    device: str
+    vid: int | None
+    pid: int | None
+    serial_number: str | None
+    description: str
+    bridge: str | None
+    board_guess: str | None
+
+    @property
+    def usb_id(self) -> str:
+        return f"{self.vid:04x}:{self.pid:04x}" if self.vid is not None and self.pid is not None else "-"
+
+    @property
+    def is_esp(self) -> bool:
+        return self.bridge in ESP_BRIDGES
+
+    def as_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["usb_id"] = self.usb_id
+        return data
+
+
+def guess(vid: int | None, pid: int | None) -> tuple[str | None, str | None]:
+    if vid is None:
+        return None, None
+    return _BRIDGES.get((vid, pid)) or _BRIDGES.get((vid, None)) or (None, None)
+
+
+def list_serial_ports(include_plain: bool = False) -> list[PortInfo]:
+    """Serial ports, USB ones first. `include_plain` keeps ports with no USB
+    IDs (on-board UARTs like /dev/ttyS0, which are rarely a board)."""
+    ports = []
+    for p in list_ports.comports():
+        if p.vid is None and not include_plain:
+            continue
+        bridge, board = guess(p.vid, p.pid)
+        ports.append(PortInfo(p.device, p.vid, p.pid, p.serial_number, p.description or "", bridge, board))
+    ports.sort(key=lambda p: (p.bridge is None, p.device))
+    return ports
+
+
+def auto_port(prefer_esp: bool = False) -> tuple[str | None, list[PortInfo]]:
+    """Pick the most likely board port; return it with everything considered."""
+    ports = list_serial_ports()
+    candidates = [p for p in ports if p.bridge] or ports
+    if prefer_esp:
+        candidates = [p for p in candidates if p.is_esp] or candidates
+    return (candidates[0].device if candidates else None), ports
