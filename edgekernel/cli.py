@@ -134,6 +134,14 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from .install import install
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    for name, path in install(user=args.user, prefix=prefix):
+        print(f"installed kernelspec {name} in {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekernel", description="MicroPython boards from the shell and Jupyter")
     parser.add_argument("--version", action="version", version=f"edgekernel {__version__}")
@@ -159,10 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hard", action="store_true", help="reset the chip through the serial adapter's DTR/RTS")
     p.set_defaults(func=cmd_reset)
 
+    p = sub.add_parser("install", help="install the Jupyter kernelspecs (MicroPython ESP8266, serial, emulated)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for this user only")
+    where.add_argument("--sys-prefix", action="store_true", help="in this Python environment (venv/conda)")
+    where.add_argument("--prefix", help="under this prefix")
+    p.set_defaults(func=cmd_install)
+
     p = sub.add_parser("board", help="start an emulated board and print its serial device path")
-    from .emulator.cli import add_board_arguments, run_board
-    add_board_arguments(p)
-    p.set_defaults(func=run_board)
+    try:
+        from .emulator.cli import add_board_arguments, run_board
+    except ImportError:  # the emulator is optional at import time; say so when used
+        p.set_defaults(func=lambda a: print("edgekernel: emulator support is not installed", file=sys.stderr) or 2)
+    else:
+        add_board_arguments(p)
+        p.set_defaults(func=run_board)
     return parser
 
 

@@ -48,7 +48,9 @@ class _ek:
     def out(v):
         if v is not None:
             _ek.g['_'] = v
-            print(_ek.m + 'R' + repr(v), end='')
+            _ek.val(v)
+    def val(v):
+        print(_ek.m + 'R' + repr(v), end='')
     def inp(p=''):
         m = _ek.m
         print(m + 'I' + str(p) + m + 'W', end='')

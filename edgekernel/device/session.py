@@ -378,7 +378,8 @@ class BoardSession:
         The board sends repr(); the host parses it with ast.literal_eval, never
         eval, so only plain data (numbers, strings, bytes, lists, dicts...) comes back.
         """
-        result = self.exec(expression, show_value=True, timeout=timeout)
+        # _ek.val reports the repr without touching the user's `_`.
+        result = self.exec(f"_ek.val((\n{expression}\n))", timeout=timeout)
         if result.error:
             raise DeviceError(f"{result.error.type}: {result.error.message}")
         if result.value is None:

@@ -1,0 +1,1 @@
+"""The Jupyter kernel (host side). Imports ipykernel; the device layer does not."""

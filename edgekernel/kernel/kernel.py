@@ -1,0 +1,474 @@
+"""The MicroPython Jupyter kernel.
+
+Each cell is routed: `%magic` lines and `%%local` cells run here on the host
+(in IPython, so pandas, matplotlib and widgets work); everything else runs on
+the board through the device layer. This module speaks Jupyter messages and
+never touches wire bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from jupyter_core.paths import jupyter_runtime_dir
+
+from .. import __version__
+from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
+                      board_text)
+from ..ports import auto_port, list_serial_ports
+from . import introspect
+from .magics import MagicError, MagicHelp, MagicRegistry, split_leading_magics
+from .output import FLUSH_INTERVAL, StreamCoalescer
+
+PROFILE_ENV = "EDGEKERNEL_PROFILE"
+PORT_ENV = "EDGEKERNEL_PORT"
+BAUD_ENV = "EDGEKERNEL_BAUD"
+
+# What each kernelspec means (its kernel.json sets EDGEKERNEL_PROFILE).
+PROFILES: dict[str, dict[str, Any]] = {
+    "esp8266": {"display": "MicroPython ESP8266", "prefer_esp": True, "esp_reset_lines": True},
+    "serial": {"display": "MicroPython (serial)", "prefer_esp": False, "esp_reset_lines": False},
+    "emulator": {"display": "MicroPython (emulated board)", "prefer_esp": False, "esp_reset_lines": False},
+}
+
+magics = MagicRegistry()
+
+
+class HostError(Exception):
+    """A failure on the host side, reported to the front end as an error reply."""
+
+    def __init__(self, ename: str, evalue: str) -> None:
+        super().__init__(evalue)
+        self.ename = ename
+        self.evalue = evalue
+
+
+class BoardHandle:
+    """What `%%local` cells see as `board`: values move as data, never eval'd text.
+
+    >>> board.eval("[p.value() for p in pins]")      # -> a Python list
+    >>> board.exec("led.on()")                         # -> output text
+    """
+
+    def __init__(self, kernel: "MicroPythonKernel") -> None:
+        self._kernel = kernel
+
+    def eval(self, expression: str) -> Any:
+        return self._kernel.require_board().eval(expression)
+
+    def exec(self, code: str) -> str:
+        result = self._kernel.require_board().exec(code)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        return result.text
+
+    def put(self, name: str, value: Any) -> None:
+        """Set a board variable from plain host data (numbers, strings, lists, dicts...)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a variable name: {name!r}")
+        self.exec(f"{name} = {value!r}")
+
+    def __repr__(self) -> str:
+        board = self._kernel.board
+        return f"<board {board.link.description if board else '(not connected)'}>"
+
+
+class MicroPythonKernel(IPythonKernel):
+    implementation = "edgekernel"
+    implementation_version = __version__
+    language_info = {
+        "name": "python",
+        "version": "3.4",
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "pygments_lexer": "python3",
+        "nbconvert_exporter": "python",
+    }
+    help_links = [{"text": "MicroPython docs", "url": "https://docs.micropython.org/"}]
+
+    @property
+    def banner(self) -> str:
+        return f"edgekernel {__version__}: {self.profile['display']}. %lsmagic lists the magics."
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.profile_name = os.environ.get(PROFILE_ENV, "serial")
+        self.profile = PROFILES.get(self.profile_name, PROFILES["serial"])
+        self.board: BoardSession | None = None
+        self.emulator: Any = None  # edgekernel.emulator.BoardProcess when we started one
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="board")
+        self._state_file, log_path = self._runtime_paths()
+        self.log_path = log_path
+        self._session_log = open(log_path, "ab", buffering=0)
+        self.last_output = b""
+        self._reconnect = self._read_state()
+        self.signatures = introspect.SignatureIndex()
+        if self.shell is not None:
+            self.shell.user_ns["board"] = BoardHandle(self)
+
+    # -- files of this kernel session -------------------------------------------
+
+    def _runtime_paths(self) -> tuple[Path, Path]:
+        connection_file = getattr(self.parent, "abs_connection_file", None) or f"kernel-{os.getpid()}.json"
+        stem = Path(connection_file).stem
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(parents=True, exist_ok=True)
+        # The connection file (and so these names) survives a kernel restart.
+        return runtime / f"edgekernel-{stem}.state.json", runtime / f"edgekernel-{stem}.log"
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, data: dict[str, Any] | None) -> None:
+        if data is None:
+            self._state_file.unlink(missing_ok=True)
+        else:
+            self._state_file.write_text(json.dumps(data))
+
+    def _log_board_bytes(self, data: bytes) -> None:
+        self._session_log.write(data)
+
+    # -- connection ----------------------------------------------------------------
+
+    def require_board(self) -> BoardSession:
+        if self.board is None or self.board.closed:
+            self.board = None
+            self._auto_connect()
+        assert self.board is not None
+        return self.board
+
+    def _auto_connect(self) -> None:
+        if self._reconnect:
+            state, self._reconnect = self._reconnect, None
+            if state.get("port") and not state.get("emulator"):
+                self.connect(state["port"], state.get("baud", 115200), soft_reset=True,
+                             note="kernel restarted: reconnected and soft-reset the board")
+                return
+        port = os.environ.get(PORT_ENV)
+        if port:
+            self.connect(port, int(os.environ.get(BAUD_ENV, "115200")))
+            return
+        if self.profile_name == "emulator":
+            self.start_emulator("unix")
+            return
+        candidates = [p for p in list_serial_ports() if p.bridge and (p.is_esp or not self.profile["prefer_esp"])]
+        if len(candidates) == 1:
+            self.connect(candidates[0].device, int(os.environ.get(BAUD_ENV, "115200")))
+            return
+        found = ", ".join(p.device for p in candidates) or "none"
+        raise HostError("NotConnected", f"no board connected: run %serialconnect --port PATH (boards found: {found})")
+
+    def connect(self, port: str, baud: int, *, soft_reset: bool = False, note: str | None = None) -> None:
+        self.disconnect()
+        link_options = {"esp_reset_lines": self.profile["esp_reset_lines"]} if "://" not in port else {}
+        board = BoardSession.open(port, baud, log=self._log_board_bytes, link_options=link_options)
+        if soft_reset:
+            board.soft_reset()
+        self.board = board
+        self._write_state({"port": port, "baud": baud, "emulator": self.emulator is not None})
+        self.say(f"{note + ': ' if note else ''}connected to {port} at {baud} baud"
+                 f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
+
+    def start_emulator(self, kind: str) -> None:
+        from ..emulator import start_board
+
+        self.disconnect()
+        if self.emulator is not None:
+            self.emulator.stop()
+        flash = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "edgekernel" / f"flash-{kind}"
+        flash.mkdir(parents=True, exist_ok=True)
+        self.say(f"starting an emulated {kind} board (files in {flash})\n")
+        self.emulator = start_board(kind, flash_dir=str(flash) if kind == "unix" else None)
+        self.connect(self.emulator.port, 115200)
+
+    def disconnect(self) -> None:
+        board, self.board = self.board, None
+        if board is not None:
+            try:
+                board.close()
+            except Exception:
+                pass
+
+    def say(self, text: str, name: str = "stdout") -> None:
+        """A host-side message in the current cell's output."""
+        if self._parent_header_for_output is not None:
+            self.session.send(self.iopub_socket, "stream", {"name": name, "text": text},
+                              parent=self._parent_header_for_output, ident=self._topic("stream"))
+
+    _parent_header_for_output: dict[str, Any] | None = None
+
+    # -- execution -------------------------------------------------------------------
+
+    async def do_execute(self, code: str, silent: bool, store_history: bool = True,
+                         user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False,
+                         *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
+        magic_lines, rest = split_leading_magics(code)
+        if magic_lines and magic_lines[-1].split()[0] == "%%local":
+            # Host IPython cell: counts, history and errors as IPython does them.
+            host_code = code.split("\n", 1)[1] if "\n" in code.strip() else ""
+            for line in magic_lines[:-1]:
+                self._run_magic_line(line, "")
+            return await super().do_execute(host_code, silent, store_history, user_expressions, allow_stdin,
+                                            cell_meta=cell_meta, cell_id=cell_id)
+        shell = self.shell
+        count = shell.execution_count
+        if store_history:
+            shell.execution_count += 1
+        self._parent_header_for_output = None if silent else self.get_parent("shell")
+        try:
+            for line in magic_lines:
+                consumed = self._run_magic_line(line, rest)
+                if consumed:
+                    rest = ""
+            if rest.strip():
+                return await self._execute_on_board(rest, silent, allow_stdin, count)
+            return {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+        except MagicHelp as help_text:
+            self.say(str(help_text))
+            return {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+        except HostError as exc:
+            return self._error_reply(exc.ename, exc.evalue, [f"{exc.ename}: {exc.evalue}"], count, silent)
+        except MagicError as exc:
+            return self._error_reply("UsageError", str(exc), [f"UsageError: {exc}"], count, silent)
+        except (LinkError, DeviceError, OSError) as exc:
+            if isinstance(exc, LinkClosed):
+                self.disconnect()
+            name = type(exc).__name__
+            return self._error_reply(name, str(exc), [f"{name}: {exc}"], count, silent)
+
+    async def _execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        board = await loop.run_in_executor(self._worker, self.require_board)
+        parent = self.get_parent("shell")
+        ident = self._get_shell_context_var(self._shell_parent_ident)
+        self._parent_header_for_output = None if silent else parent
+
+        def send_stream(text: str) -> None:
+            self.session.send(self.iopub_socket, "stream", {"name": "stdout", "text": text},
+                              parent=parent, ident=self._topic("stream"))
+
+        out = StreamCoalescer(send_stream)
+        collected = bytearray()
+
+        def on_output(data: bytes) -> None:
+            collected.extend(data)
+            if not silent:
+                out.feed(data)
+
+        def on_input(prompt: str) -> str | None:
+            if not allow_stdin:
+                return None
+            out.flush()
+            return self._input_request(prompt, ident, parent, password=False)
+
+        job = loop.run_in_executor(self._worker, lambda: board.exec(
+            code, on_output=on_output, on_input=on_input, show_value=not silent))
+        previous = self._catch_sigint()
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=FLUSH_INTERVAL)
+                out.flush()
+                if done:
+                    break
+            result: ExecResult = job.result()
+        except LinkClosed as exc:
+            out.flush(final=True)
+            self.last_output = bytes(collected)
+            self.disconnect()
+            raise LinkClosed(f"{exc}; nothing was lost up to here (%output shows it). "
+                             "Reconnect with %serialconnect") from None
+        finally:
+            self._release_sigint(previous)
+        out.flush(final=True)
+        self.last_output = bytes(collected)
+        self.signatures.learn(code)
+        if result.error or result.reset:
+            return self._board_error_reply(result, code, count, silent)
+        if result.value is not None and not silent:
+            self.session.send(self.iopub_socket, "execute_result",
+                              {"execution_count": count, "data": {"text/plain": result.value}, "metadata": {}},
+                              parent=parent, ident=self._topic("execute_result"))
+        return {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+
+    def _board_error_reply(self, result: ExecResult, code: str, count: int, silent: bool) -> dict[str, Any]:
+        if result.reset and not result.error:
+            what = "soft reset" if result.reset == "soft" else "reset"
+            evalue = f"the board rebooted ({what}) while the cell ran: its variables and imports are gone"
+            return self._error_reply("BoardReset", evalue, [f"BoardReset: {evalue}"], count, silent)
+        error = result.error
+        assert error is not None
+        lines = ["Traceback (most recent call last):"] if error.frames else []
+        source_lines = code.split("\n")
+        for frame in error.frames:
+            lines.append(str(frame))
+            if frame.file == "<cell>" and 0 < frame.line <= len(source_lines):
+                lines.append("    " + source_lines[frame.line - 1].strip())
+        evalue = error.message
+        if result.interrupted:
+            evalue = evalue or f"interrupted ({result.interrupted.step}, {result.interrupted.seconds:.2f} s)"
+        lines.append(f"{error.type}: {evalue}" if evalue else error.type)
+        return self._error_reply(error.type, evalue, lines, count, silent)
+
+    def _error_reply(self, ename: str, evalue: str, traceback: list[str], count: int,
+                     silent: bool) -> dict[str, Any]:
+        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
+        if not silent:
+            self.session.send(self.iopub_socket, "error", content, parent=self.get_parent("shell"),
+                              ident=self._topic("error"))
+        return {"status": "error", "execution_count": count, **content}
+
+    # Kernel -> Interrupt arrives as SIGINT (interrupt_mode "signal", or ipykernel
+    # turning an interrupt_request message into one). While board code runs it
+    # becomes Ctrl-C on the board instead of a KeyboardInterrupt in the event loop.
+    def _catch_sigint(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _release_sigint(self, previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        board = self.board
+        if board is not None:
+            board.interrupt()
+
+    # -- magics ------------------------------------------------------------------------
+
+    def _run_magic_line(self, line: str, cell_body: str) -> bool:
+        """Run one %magic line; return True if it consumed the cell body."""
+        word, _, arg_text = line.partition(" ")
+        magic = magics.lookup(word[1:])
+        if magic is None:
+            raise MagicError(f"unknown magic {word} (%lsmagic lists them)")
+        args = magic.parser.parse_line(arg_text)
+        magic.handler(self, args, cell_body)
+        return magic.is_cell
+
+    # -- completion and inspection ---------------------------------------------------------
+
+    def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
+        cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        return introspect.complete(self.board, code, cursor_pos)
+
+    def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
+                   omit_sections: Any = ()) -> dict[str, Any]:
+        return introspect.inspect(self.board, code, cursor_pos, self.signatures)
+
+    # The shell channel runs one request at a time; while a board cell runs,
+    # these quick requests are answered at once instead of queueing behind it.
+    _ANSWER_WHILE_BUSY = {"kernel_info_request", "complete_request", "inspect_request", "is_complete_request"}
+
+    async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
+        lock = getattr(self, "_main_asyncio_lock", None)
+        if subshell_id is None and lock is not None and lock.locked() and self.session is not None:
+            try:
+                _, frames = self.session.feed_identities(msg, copy=False)
+                msg_type = self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
+            except Exception:
+                msg_type = None
+            if msg_type in self._ANSWER_WHILE_BUSY:
+                shell_parent = self.get_parent("shell")
+                shell_ident = self._get_shell_context_var(self._shell_parent_ident)
+                try:
+                    await self.dispatch_shell(msg, subshell_id=None)
+                finally:
+                    self.set_parent(shell_ident, shell_parent, channel="shell")
+                return
+        await super().shell_main(subshell_id, msg)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        if not restart:
+            self._write_state(None)
+        self.disconnect()
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+        self._session_log.close()
+        return await super().do_shutdown(restart)
+
+
+# -- the magics themselves: thin wrappers over the kernel's methods ------------------------
+
+def _serialconnect_args(p: Any) -> None:
+    p.add_argument("--port", "-p", help="device path or pyserial URL (default: auto-detect by USB ID)")
+    p.add_argument("--baud", "-b", type=int, default=None, help="baud rate (default 115200)")
+    p.add_argument("--emulator", choices=["unix", "microbit"], help="start and connect an emulated board")
+
+
+@magics.add("serialconnect", "connect to a board on a serial port (auto-detected by USB ID)", arguments=_serialconnect_args)
+def _serialconnect(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    if args.emulator:
+        kernel.start_emulator(args.emulator)
+        return
+    baud = args.baud or int(os.environ.get(BAUD_ENV, "115200"))
+    port = args.port
+    if port is None:
+        if kernel.profile_name == "emulator" and not list_serial_ports():
+            kernel.start_emulator("unix")
+            return
+        port, ports = auto_port(prefer_esp=kernel.profile["prefer_esp"])
+        for p in ports:
+            kernel.say(f"  found {p.device:<14} {p.usb_id:<10} {p.board_guess or p.description}\n")
+        if port is None:
+            raise HostError("NoBoardFound", "no USB serial board found: plug one in or give --port PATH")
+        kernel.say(f"choosing {port}\n")
+    kernel.connect(port, baud)
+
+
+@magics.add("disconnect", "release the board's port (leaves it in its friendly REPL)")
+def _disconnect(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    was = kernel.board.link.description if kernel.board else None
+    kernel.disconnect()
+    kernel._write_state(None)
+    kernel.say(f"disconnected from {was}\n" if was else "not connected\n")
+
+
+def _reboot_args(p: Any) -> None:
+    p.add_argument("--hard", action="store_true", help="reset the chip (DTR/RTS on ESP boards) instead of a soft reset")
+
+
+@magics.add("reboot", "soft-reset the board (clean heap, boot.py runs); --hard resets the chip", arguments=_reboot_args)
+def _reboot(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    board = kernel.require_board()
+    if args.hard:
+        if kernel.emulator is not None:
+            kernel.emulator.hard_reset()
+            kernel.connect(board.link.description, 115200, note="hard reset (emulated reset button)")
+            return
+        board.hard_reset()
+        kernel.say("hard reset done\n")
+    else:
+        board.soft_reset()
+        kernel.say("soft reset done: the board's variables are cleared\n")
+
+
+@magics.add("lsmagic", "list the magics")
+def _lsmagic(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    kernel.say("\n".join(magics.summary_lines()) + "\n")
+
+
+@magics.add("output", "show the last board cell's output again (kept in the session log too)")
+def _output(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    kernel.say(board_text(kernel.last_output) or "(the last board cell printed nothing)\n")
+    kernel.say(f"[every byte the board sent is in {kernel.log_path}]\n", name="stderr")
+
+
+@magics.add("local", "run the cell in host IPython (pandas, matplotlib, widgets); `board.eval(expr)` brings board values", cell=True)
+def _local(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    raise AssertionError("handled in do_execute")  # %%local is routed before magics run
+
