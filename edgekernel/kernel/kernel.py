@@ -8,6 +8,7 @@ never touches wire bytes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -249,7 +250,9 @@ class MicroPythonKernel(IPythonKernel):
 
     async def _execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        board = await loop.run_in_executor(self._worker, self.require_board)
+        board = self.board
+        if board is None or board.closed:
+            board = await loop.run_in_executor(self._worker, self.require_board)
         parent = self.get_parent("shell")
         ident = self._get_shell_context_var(self._shell_parent_ident)
         self._parent_header_for_output = None if silent else parent
@@ -274,14 +277,16 @@ class MicroPythonKernel(IPythonKernel):
 
         job = loop.run_in_executor(self._worker, lambda: board.exec(
             code, on_output=on_output, on_input=on_input, show_value=not silent))
+
+        def flush_while_running() -> None:
+            out.flush()
+            if not job.done():
+                loop.call_later(FLUSH_INTERVAL, flush_while_running)
+
+        loop.call_later(FLUSH_INTERVAL, flush_while_running)
         previous = self._catch_sigint()
         try:
-            while True:
-                done, _ = await asyncio.wait({job}, timeout=FLUSH_INTERVAL)
-                out.flush()
-                if done:
-                    break
-            result: ExecResult = job.result()
+            result: ExecResult = await job
         except LinkClosed as exc:
             out.flush(final=True)
             self.last_output = bytes(collected)
@@ -399,7 +404,8 @@ class MicroPythonKernel(IPythonKernel):
             self.emulator.stop()
             self.emulator = None
         self._session_log.close()
-        return await super().do_shutdown(restart)
+        reply = super().do_shutdown(restart)
+        return await reply if inspect.isawaitable(reply) else reply
 
 
 # -- the magics themselves: thin wrappers over the kernel's methods ------------------------
