@@ -1,0 +1,193 @@
+"""Boards for the scenario suite: one set of scenarios, run on every target.
+
+Targets
+  unix         unix-port MicroPython on a pty (emulated board, unthrottled)
+  unix-115200  the same behind the link simulator at 115200 baud
+  microbit     QEMU micro:bit, MicroPython 1.9.2, 16 KB RAM, no raw-paste
+  real         the board on $EDGEKERNEL_HIL_PORT (baud: $EDGEKERNEL_HIL_BAUD, default 115200)
+
+Emulated boards are started once per target and shared (QEMU boots in
+seconds); a test that damages its board (kills it, wedges it) marks it so
+and the next test gets a fresh one. Every test gets its own connected
+BoardSession in the raw REPL with the helper installed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from edgekernel.device import BoardSession, DeviceError, LinkError
+
+REAL_PORT = os.environ.get("EDGEKERNEL_HIL_PORT")
+REAL_BAUD = int(os.environ.get("EDGEKERNEL_HIL_BAUD", "115200"))
+TARGETS = ["unix", "unix-115200", "microbit", "real"]
+
+
+@dataclass
+class Target:
+    """What a scenario needs to know about the board it runs on."""
+
+    name: str
+    port: str = ""
+    baud: int = 115200
+    process: object | None = None    # emulator BoardProcess, None for a real board
+    ram_small: bool = False          # 16 KB class: no big scripts, no 2000-line buffers
+    raw_paste: bool = True
+    soft_reset_on_exit: bool = True  # sys.exit() soft-resets (current firmware; not 1.9.2)
+    slow: bool = False               # throttled link: size expectations accordingly
+    damaged: bool = field(default=False, repr=False)
+
+    @property
+    def emulated(self) -> bool:
+        return self.process is not None
+
+    def require_emulated(self, why: str) -> None:
+        if not self.emulated:
+            pytest.skip(f"{self.name}: {why} needs an emulated board")
+
+
+class BoardPool:
+    """Emulated boards, started on first use and reused while healthy."""
+
+    def __init__(self) -> None:
+        self.boards: dict[str, object] = {}
+        self.pids: set[int] = set()
+
+    def start(self, name: str):
+        from edgekernel.emulator import start_board
+        if name == "unix":
+            proc = start_board("unix", timeout=20)
+        elif name == "unix-115200":
+            proc = start_board("unix", baud=115200, timeout=20)
+        elif name == "microbit":
+            proc = start_board("microbit", timeout=30)
+        else:
+            raise ValueError(name)
+        self.pids.add(proc.pid)
+        return proc
+
+    def get(self, name: str):
+        proc = self.boards.get(name)
+        if proc is None or not _alive(proc.pid):
+            if proc is not None:
+                self.discard(name)
+            proc = self.boards[name] = self.start(name)
+        return proc
+
+    def discard(self, name: str) -> None:
+        proc = self.boards.pop(name, None)
+        if proc is None:
+            return
+        try:
+            proc.stop()
+        except Exception:
+            pass
+        _reap(proc.pid)
+
+    def close(self) -> None:
+        for name in list(self.boards):
+            self.discard(name)
+        for pid in self.pids:
+            _reap(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie child is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _reap(pid: int) -> None:
+    """Make sure a board process we started is gone."""
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def pool():
+    p = BoardPool()
+    yield p
+    p.close()
+    leftovers = [pid for pid in p.pids if _alive(pid)]
+    assert not leftovers, f"board processes still running: {leftovers}"
+
+
+@pytest.fixture(params=TARGETS)
+def target(request, pool) -> Target:
+    name = request.param
+    if name == "real":
+        if not REAL_PORT:
+            pytest.skip("real: set EDGEKERNEL_HIL_PORT=/dev/ttyUSB0 (and EDGEKERNEL_HIL_BAUD) to test a real board")
+        t = Target("real", REAL_PORT, REAL_BAUD)
+        yield t
+        return
+    try:
+        import edgekernel.emulator as emulator
+        emulator.start_board  # noqa: B018
+    except (ImportError, AttributeError):
+        pytest.skip("edgekernel.emulator.start_board is not available")
+    try:
+        proc = pool.get(name)
+    except Exception as exc:  # noqa: BLE001 - a target that cannot start is skipped with the reason
+        pytest.skip(f"{name}: could not start the emulated board: {exc}")
+    t = Target(name, proc.port, 115200, proc)
+    if name == "microbit":
+        t.ram_small, t.raw_paste, t.soft_reset_on_exit = True, False, False
+    if name == "unix-115200":
+        t.slow = True
+    yield t
+    if t.damaged:
+        pool.discard(name)
+
+
+def _connect(target: Target, timeout: float = 15.0) -> BoardSession:
+    return BoardSession.open(target.port, target.baud, timeout=timeout)
+
+
+@pytest.fixture
+def board(target: Target, pool) -> BoardSession:
+    """A connected session (raw REPL, helper installed) on the target."""
+    try:
+        session = _connect(target)
+    except (DeviceError, LinkError):
+        if not target.emulated:
+            raise
+        # The previous test left the board wedged: start a fresh one.
+        pool.discard(target.name)
+        proc = pool.get(target.name)
+        target.process, target.port = proc, proc.port
+        session = _connect(target)
+    session.target = target   # type: ignore[attr-defined]
+    yield session
+    try:
+        session.close()
+    except Exception:
+        target.damaged = True
+
+
+@pytest.fixture
+def free_port(target: Target) -> str:
+    """The target's port with no session open on it (for other programs: CLI, mpremote)."""
+    return target.port

@@ -1,0 +1,306 @@
+"""Scenarios every board must pass: one suite, run on each target (see conftest.py)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edgekernel.device import BoardSession, CodeTooLarge, LinkClosed
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def interrupt_after(session: BoardSession, seconds: float) -> threading.Thread:
+    """Call session.interrupt() from another thread once the exec runs."""
+    def go() -> None:
+        deadline = time.monotonic() + 20
+        while not session.running and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(seconds)
+        session.interrupt()
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def assert_usable(session: BoardSession) -> None:
+    r = session.exec("print(6 * 7)", timeout=15)
+    assert r.ok and r.text.strip() == "42", r
+
+
+def big_script(size: int) -> tuple[str, int]:
+    lines = ["total = 0"]
+    i = 0
+    while sum(len(x) + 1 for x in lines) < size:
+        lines.append(f"total += {i}  # padding padding padding padding padding padding")
+        i += 1
+    lines.append("print('sum', total)")
+    return "\n".join(lines) + "\n", sum(range(i))
+
+
+# -- basic execution ----------------------------------------------------------------------------
+
+
+def test_exec(board):
+    r = board.exec("x = 20\nprint('x is', x)\nx + 22", show_value=True, timeout=15)
+    assert r.ok and r.text == "x is 20\n" and r.value == "42"
+    assert board.eval("[1, 'two', (3,)]") == [1, "two", (3,)]
+
+
+def test_output_is_streamed(board):
+    t = board.target
+    n = 300 if t.ram_small else 2000
+    pieces: list[tuple[float, int]] = []
+    start = time.monotonic()
+    r = board.exec(f"for i in range({n}):\n    print('line', i)",
+                   on_output=lambda d: pieces.append((time.monotonic(), len(d))), timeout=60)
+    end = time.monotonic()
+    assert r.ok
+    lines = r.text.splitlines()
+    assert len(lines) == n and lines[-1] == f"line {n - 1}"
+    assert sum(size for _, size in pieces) == len(r.output)
+    # Streamed: many pieces, the first well before the end, spread over the run.
+    assert len(pieces) >= 10, f"output came in {len(pieces)} pieces"
+    assert pieces[0][0] - start < 0.6 * (end - start) or end - start < 0.05
+    halfway = sum(size for _, size in pieces) / 2
+    seen = 0
+    for at, size in pieces:
+        seen += size
+        if seen >= halfway:
+            assert at < end - 0.1 * (end - start), "half the output arrived only at the very end"
+            break
+
+
+@pytest.mark.parametrize("mode", ["raw-paste", "paced"])
+def test_50k_script(board, mode):
+    t = board.target
+    src, expected = big_script(50_000)
+    if mode == "raw-paste" and not t.raw_paste:
+        pytest.skip(f"{t.name}: the firmware has no raw-paste (MicroPython 1.9.2)")
+    if mode == "paced":
+        board.raw_paste = False
+    if t.ram_small:
+        # 16 KB of RAM: a 50 KB source cannot be held for compiling; the session must say so.
+        with pytest.raises(CodeTooLarge):
+            board.exec(src, timeout=60)
+        assert_usable(board)
+        pytest.skip(f"{t.name}: 50 KB cannot run in 16 KB of RAM (CodeTooLarge raised as it should)")
+    start = time.monotonic()
+    r = board.exec(src, timeout=120)
+    seconds = time.monotonic() - start
+    assert r.ok, r.error
+    assert r.text == f"sum {expected}\n"
+    if t.slow:
+        assert len(src) / seconds > 0.8 * 11520, f"{len(src) / seconds:.0f} B/s at 115200 baud"
+    assert_usable(board)
+
+
+def test_tricky_output_then_clean_exec(board):
+    t = board.target
+    tricky = "a\\x04b>OK\\x04\\x04>raw REPL; CTRL-B to exit\\r\\n>\\x04\\x04>"
+    r = board.exec(f"print('{tricky}')", timeout=15)
+    assert r.ok and r.output.replace(b"\r\n", b"\n") == b"a\x04b>OK\x04\x04>raw REPL; CTRL-B to exit\r\n>\x04\x04>\n"
+    if t.name == "microbit":
+        invalid = "from microbit import uart\nuart.write(b'\\xff\\xfe\\xc3(')\nprint()"
+    else:
+        invalid = "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\xc3(')\nprint()"
+    r = board.exec(invalid, timeout=15)
+    assert r.ok and r.output.replace(b"\r\n", b"\n") == b"\xff\xfe\xc3(\n"
+    assert "\ufffd" in r.text
+    r = board.exec("print('clean')", timeout=15)
+    assert r.ok and r.output in (b"clean\n", b"clean\r\n")
+
+
+def test_output_like_the_raw_repl_ending_then_a_pause(board):
+    # The raw REPL's own "\x04\x04>" ending, printed by a program that keeps running.
+    r = board.exec("import time\nprint('\\x04\\x04>', end='')\ntime.sleep(0.3)\nprint('after')", timeout=15)
+    assert r.ok and r.text.endswith("after\n"), r
+    assert_usable(board)
+
+
+def test_syntax_error(board):
+    r = board.exec("x = 1\nif x\n    print(x)", timeout=15)
+    assert r.error is not None and r.error.type == "SyntaxError"
+    assert r.output == b""
+    assert_usable(board)
+
+
+def test_runtime_error_with_cell_line_numbers(board):
+    r = board.exec("a = 1\n\ndef f(n):\n    return n / 0\n\nprint('before')\nf(a)", timeout=15)
+    assert r.text == "before\n"
+    e = r.error
+    assert e is not None and e.type == "ZeroDivisionError"
+    cell = [(f.file, f.line) for f in e.frames]
+    assert cell == [("<cell>", 7), ("<cell>", 4)], e.frames
+    assert "_ek" not in str(e)
+    assert_usable(board)
+
+
+def test_memory_error(board):
+    t = board.target
+    size = "20000" if t.ram_small else "1 << 40"
+    r = board.exec(f"b = bytearray({size})", timeout=15)
+    assert r.error is not None and r.error.type == "MemoryError", r
+    assert_usable(board)
+    if t.ram_small:
+        # The heap is really free again: a sizeable allocation works.
+        r = board.exec("import gc\ngc.collect()\nb = bytearray(2000)\nprint(len(b))", timeout=15)
+        assert r.ok and r.text.strip() == "2000"
+
+
+# -- interrupts -------------------------------------------------------------------------------------
+
+
+def test_interrupt_busy_loop(board):
+    interrupt_after(board, 0.3)
+    r = board.exec("while True:\n    pass", timeout=30)
+    assert r.interrupted is not None, r
+    assert r.interrupted.step == "ctrl-c", r.interrupted
+    assert r.error is not None and r.error.type == "KeyboardInterrupt"
+    assert r.interrupted.seconds < 0.5
+    assert_usable(board)
+
+
+def test_interrupt_print_flood(board):
+    interrupt_after(board, 0.5)
+    got = []
+    r = board.exec("i = 0\nwhile True:\n    print('flood', i)\n    i += 1", on_output=got.append, timeout=30)
+    assert r.interrupted is not None, r
+    assert r.interrupted.step in ("ctrl-c", "ctrl-c x2"), r.interrupted
+    assert len(got) > 5 and b"flood" in r.output
+    assert_usable(board)
+
+
+# -- resets -----------------------------------------------------------------------------------------
+
+
+def test_hard_reset_mid_exec_is_detected(board):
+    t = board.target
+    t.require_emulated("pressing the reset button")
+    def press() -> None:
+        while not board.running:
+            time.sleep(0.005)
+        time.sleep(0.3)
+        t.process.hard_reset()
+    threading.Thread(target=press, daemon=True).start()
+    start = time.monotonic()
+    r = board.exec("import time\nfor i in range(100):\n    print('tick', i)\n    time.sleep(0.1)", timeout=30)
+    assert r.reset == "hard", r
+    assert time.monotonic() - start < 8
+    assert_usable(board)
+
+
+def test_sys_exit(board):
+    t = board.target
+    r = board.exec("print('bye')\nimport sys\nsys.exit()", timeout=15)
+    assert r.text.startswith("bye")
+    if t.soft_reset_on_exit:
+        assert r.reset == "soft", r
+        # Globals are gone after the soft reset; the helper is back.
+        r2 = board.exec("print('x' in globals())", timeout=15)
+        assert r2.ok and r2.text.strip() == "False"
+    else:
+        assert r.reset is None      # MicroPython 1.9.2 does not reset on SystemExit
+    assert_usable(board)
+
+
+def test_soft_reset_on_request(board):
+    board.exec("marker_var = 1", timeout=15)
+    board.soft_reset(timeout=20)
+    r = board.exec("print('marker_var' in globals())", timeout=15)
+    assert r.ok and r.text.strip() == "False"
+
+
+# -- input() ----------------------------------------------------------------------------------------
+
+
+def test_input_with_answer(board):
+    asked = []
+    r = board.exec("name = input('name? ')\nprint('hello', name)",
+                   on_input=lambda p: asked.append(p) or "Ada Lovelace", timeout=15)
+    assert asked == ["name? "]
+    assert r.ok and r.text.splitlines()[-1] == "hello Ada Lovelace"
+
+
+def test_input_without_answer(board):
+    r = board.exec("x = input('?')", timeout=15)
+    assert r.error is not None and "stdin" in r.error.message, r
+    assert_usable(board)
+
+
+# -- the port going away ----------------------------------------------------------------------------
+
+
+def test_port_vanishes_mid_exec(board):
+    t = board.target
+    t.require_emulated("unplugging the board")
+    t.damaged = True
+    def unplug() -> None:
+        while not board.running:
+            time.sleep(0.005)
+        time.sleep(0.3)
+        t.process.kill()
+    threading.Thread(target=unplug, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(LinkClosed) as info:
+        board.exec("import time\nwhile True:\n    print('.')\n    time.sleep(0.05)", timeout=60)
+    assert time.monotonic() - start < 3.0
+    assert "disconnected" in str(info.value) and t.port in str(info.value)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgekernel", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_exec(target, free_port):
+    r = _cli("exec", "--port", free_port, "--baud", str(target.baud), "print('from cli')\n6 * 7")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.replace("\r\n", "\n") == "from cli\n42\n"
+    r = _cli("exec", "--port", free_port, "--baud", str(target.baud), "x = 1\n1 / 0")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1].startswith("ZeroDivisionError")
+    assert '  File "<cell>", line 2, in <module>' in r.stderr
+
+
+def test_cli_run_streams(target, free_port, tmp_path):
+    script = tmp_path / "count.py"
+    script.write_text("import time\nfor i in range(5):\n    print('n', i)\n    time.sleep(0.25)\nraise ValueError('at the end')\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edgekernel", "run", "--port", free_port,
+                             "--baud", str(target.baud), str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        arrivals = []
+        for line in proc.stdout:
+            arrivals.append(time.monotonic())
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(arrivals) == 5
+    assert arrivals[-1] - arrivals[0] > 0.6, "lines arrived together: output was not streamed"
+    assert code == 1
+    assert '  File "count.py", line 5, in <module>' in stderr and "ValueError: at the end" in stderr
+
+
+def test_mpremote_interop(target, free_port):
+    if not target.name.startswith("unix"):
+        pytest.skip(f"{target.name}: the interop check runs on the emulated unix board")
+    mpremote = shutil.which("mpremote")
+    if mpremote is None:
+        pytest.skip("mpremote is not installed")
+    r = subprocess.run([mpremote, "connect", free_port, "exec", "print(1)"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    # And the board is still fine for us afterwards.
+    with BoardSession.open(free_port, target.baud, timeout=15) as s:
+        assert_usable(s)
