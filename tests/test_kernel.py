@@ -157,12 +157,24 @@ def test_execution_count_and_store_history(setup: Setup) -> None:
 
 def test_silent_execution_has_no_output(setup: Setup) -> None:
     k = setup.kernel
-    before = k.ok("None")
     run = k.ok("print('hidden')\nsilent_value = 7\nsilent_value", silent=True)
     assert [m["msg_type"] for m in run.iopub if m["msg_type"] != "status"] == []
-    # ...but it ran, and did not count.
-    after = k.ok("silent_value")
-    assert after.result_text == "7"
+    # ...but it ran.
+    assert k.ok("silent_value").result_text == "7"
+    # A silent error is an error reply, still without an iopub error message.
+    run = k.execute("undefined_in_silence", silent=True)
+    assert run.status == "error" and run.content["ename"] == "NameError"
+    assert [m["msg_type"] for m in run.iopub if m["msg_type"] != "status"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="kernel bug: do_execute counts a silent cell when the request says "
+                   "store_history=True; the protocol forces store_history=False when silent=True")
+def test_silent_execution_does_not_count(setup: Setup) -> None:
+    k = setup.kernel
+    before = k.ok("None")
+    # jupyter_client sends store_history=True unless told otherwise, as most front ends do.
+    k.ok("silent_value = 7", silent=True)
+    after = k.ok("None")
     assert after.content["execution_count"] == before.content["execution_count"] + 1
 
 
@@ -173,7 +185,7 @@ def test_board_exception_is_an_error_reply_with_cell_line_numbers(setup: Setup) 
     run = k.execute("a = 1\nb = 0\nc = a / b\nd = 4")
     assert run.status == "error", run
     assert run.content["ename"] == "ZeroDivisionError"
-    assert "division by zero" in run.content["evalue"]
+    assert "zero" in run.content["evalue"]
     tb = "\n".join(run.content["traceback"])
     assert 'line 3' in tb and "<cell>" in tb, tb
     assert "c = a / b" in tb
@@ -224,6 +236,24 @@ def test_unknown_magic_is_an_error_naming_it(setup: Setup) -> None:
     assert run.status == "error", run
     assert "%nosuchmagic" in run.content["evalue"]
     assert run.errors
+
+
+def test_bad_port_is_an_error_reply(setup: Setup) -> None:
+    k = setup.kernel
+    run = k.execute("%serialconnect --port /dev/no-such-edgekernel-port")
+    assert run.status == "error", run
+    assert "/dev/no-such-edgekernel-port" in run.content["evalue"]
+    assert run.errors
+    # Back to the board (EDGEKERNEL_PORT reconnects, or an explicit %serialconnect).
+    k.ok(f"%serialconnect --port {setup.board.port}")
+    assert k.ok("2+3").result_text == "5"
+
+
+def test_board_code_after_a_magic_keeps_cell_line_numbers(setup: Setup) -> None:
+    run = setup.kernel.execute("%lsmagic\nvalue = 1\nvalue = value / 0\n")
+    assert run.status == "error", run
+    assert "%serialconnect" in run.stream()
+    assert any('"<cell>", line 3' in line for line in run.content["traceback"]), run.content["traceback"]
 
 
 def test_magic_help(setup: Setup) -> None:
@@ -389,6 +419,25 @@ def test_local_cell_runs_host_python_with_board_eval(setup: Setup) -> None:
     assert run.status == "error" and run.content["ename"] == "RuntimeError"
 
 
+LOCAL_HOST_CODE_BUG = ("kernel bug: do_execute takes the %%local body as code.split('\\n', 1)[1], which still "
+                       "holds the %%local line when a blank line or a line magic precedes it; IPython then "
+                       "fails with 'Cell magic %%local not found'")
+
+
+@pytest.mark.parametrize("code", [
+    pytest.param("\n%%local\nprint('on the host')", marks=pytest.mark.xfail(strict=True, reason=LOCAL_HOST_CODE_BUG)),
+    pytest.param("%lsmagic\n%%local\nprint('on the host')",
+                 marks=pytest.mark.xfail(strict=True, reason=LOCAL_HOST_CODE_BUG)),
+], ids=["blank-line-first", "line-magic-first"])
+def test_local_cell_after_leading_lines(setup: Setup, code: str) -> None:
+    run = setup.kernel.execute(code)
+    assert run.status == "ok", run
+    assert run.stream().endswith("on the host\n")
+    if code.startswith("%lsmagic"):
+        # The line magic's own output belongs to this cell too.
+        assert "%serialconnect" in run.stream()
+
+
 def test_output_magic_reshows_the_last_board_output(setup: Setup) -> None:
     k = setup.kernel
     k.ok("print('first line')\nprint('second line')")
@@ -522,6 +571,9 @@ def _run_notebook(nb: nbformat.NotebookNode, kernel_name: str, **env: str) -> tu
     except Exception as exc:
         error = exc
     finally:
+        snapshot()
+        if km.has_kernel:  # a KernelManager given to nbclient stays ours to shut down
+            km.shutdown_kernel(now=False)
         left = wait_gone(pids, timeout=15)
         if left:
             kill_leftovers(left)
