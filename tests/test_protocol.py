@@ -427,6 +427,58 @@ def test_exec_while_busy_raises_board_busy(make_board):
     t.join(5)
 
 
+def _fragments_run(board: FakeBoard, since: int, source: str) -> list[bytes]:
+    """Programs the board ran since `since` that are pieces of `source`, not all of it."""
+    whole = {source.encode(), (source + session_mod.onboard.STREAM_TRAILER).encode()}
+    return [p for _, p in board.programs[since:]
+            if not p.startswith(b"_ek.") and p not in whole and b"gc.mem_free" not in p]
+
+
+def test_interrupt_during_raw_paste_upload(make_board):
+    # Ctrl-C while the board reads a raw-paste upload: the board answers \x04,
+    # raises KeyboardInterrupt and goes straight back to its raw prompt: unlike
+    # a syntax-error abort it does not wait for a \x04 from the host. Whatever
+    # the host sends after its Ctrl-C (data still within its credit, then the
+    # \x04 "acknowledgement") lands at that prompt: the tail of the program is
+    # compiled and run, or, with nothing before it, the \x04 soft-resets the board.
+    board, session = make_board(window=32, credit_delay=0.005)
+    since = len(board.programs)
+    _interrupt_soon(session, 0.1)
+    r = session.exec(BIG_CELL, timeout=10)
+    assert r.interrupted is not None and r.error.type == "KeyboardInterrupt", r
+    assert board.soft_resets == 0, "interrupting an upload soft-reset the board"
+    assert not _fragments_run(board, since, BIG_CELL), "the board ran a fragment of the cell"
+    assert r.reset is None and b"OK" not in r.output
+    board.cell = lambda src: Reply(out=[b"usable\r\n"])
+    assert session.exec("print('usable')").text == "usable\n"
+
+
+def test_interrupt_during_paced_upload(make_board):
+    # Without raw-paste, Ctrl-C at the raw prompt only clears the line received
+    # so far; if the host keeps sending, the rest of the program runs on its own.
+    board, session = make_board(raw_paste="no")
+    big = "\n".join(f"print('line {i} padding padding padding padding')" for i in range(80))
+    since = len(board.programs)
+    _interrupt_soon(session, 0.05)
+    r = session.exec(big, timeout=10)
+    assert r.interrupted is not None
+    assert not _fragments_run(board, since, big), "the board ran a fragment of the cell"
+    board.cell = lambda src: Reply(out=[b"usable\r\n"])
+    assert session.exec("print('usable')").text == "usable\n"
+
+
+def test_hard_reset_while_idle_next_exec_recovers(make_board):
+    # The reset button pressed between two cells: the board comes back in the
+    # friendly REPL with a boot banner waiting in the buffer.
+    board, session = make_board()
+    board.mode, board.helpers = "friendly", False
+    board.emit(b"\r\nets Jan  8 2013,rst cause:2\r\n" + FRIENDLY_BANNER)
+    time.sleep(0.05)
+    r = session.exec("print('after reset')")
+    assert r.text == "after reset\n"
+    assert board.soft_resets == 0
+
+
 # -- the link going away ------------------------------------------------------------------------
 
 
