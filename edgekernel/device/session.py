@@ -49,6 +49,8 @@ OutputCallback = Callable[[bytes], None]
 InputCallback = Callable[[str], "str | None"]
 
 # Escalation ladder for interrupts: (seconds after the first Ctrl-C, step name).
+QUIET = 0.03        # silence that confirms an ending which could also be output
+PROBE_WAIT = 0.5    # how long a board at its prompt may take to answer Ctrl-A
 _LADDER = ((0.5, "ctrl-c x2"), (1.0, "raw-repl"), (2.0, "soft-reset"), (4.0, "hard-reset"), (7.0, "give-up"))
 
 
@@ -76,6 +78,7 @@ class BoardSession:
         self._lock = threading.Lock()
         self._running = threading.Event()
         self._interrupt_at: float | None = None
+        self._resync_after_run = False  # stray bytes may reach the prompt: re-enter raw REPL next time
         self.closed = False
 
     # -- opening and closing -------------------------------------------------
@@ -130,14 +133,15 @@ class BoardSession:
         return True
 
     def _read_until(self, suffix: bytes, deadline: float, what: str) -> bytes:
-        """Read until the buffer ends with `suffix` (boards add chatter before it)."""
-        while not self._buf.endswith(suffix):
-            # A suffix can also sit mid-buffer when more arrived after it.
-            i = self._buf.find(suffix)
+        """Read through the first occurrence of `suffix` (boards add chatter before it)."""
+        searched = 0
+        while True:
+            i = self._buf.find(suffix, searched)
             if i >= 0:
                 data = bytes(self._buf[: i + len(suffix)])
                 del self._buf[: i + len(suffix)]
                 return data
+            searched = max(0, len(self._buf) - len(suffix) + 1)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._read_more(remaining):
                 if time.monotonic() >= deadline:
@@ -145,9 +149,6 @@ class BoardSession:
                         f"{self.link.description}: no {what} from the board "
                         f"(last bytes received: {bytes(self._buf[-60:])!r}); "
                         "is it a MicroPython board at this baud rate?")
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
 
     def _drain(self, quiet: float) -> None:
         while self._read_more(quiet):
@@ -203,11 +204,18 @@ class BoardSession:
     # -- sending code ----------------------------------------------------------
 
     def _send_program(self, code: bytes, deadline: float) -> None:
-        """Send a program at the raw prompt; return once the board has taken all of it."""
+        """Send a program at the raw prompt; return once the board has taken all of it.
+
+        Raises _UploadInterrupted when interrupt() came before the board had it all.
+        """
+        if self._at_prompt and (self._buf or self._read_more(0)):
+            # Bytes at an idle prompt: the board reset or printed on its own. Sending
+            # now could land in the friendly REPL (where \x04 soft-resets): resync first.
+            self._buf.clear()
+            self._at_prompt = False
         if not self._at_prompt:
             self._enter_raw_repl(deadline)
         self._at_prompt = False
-        self._buf.clear()
         if len(code) <= SMALL_CODE:
             self.link.write(code + b"\x04")
             self._expect_ok(deadline)
@@ -224,6 +232,11 @@ class BoardSession:
         for i in range(0, len(code), PACED_CHUNK):
             if i:
                 time.sleep(PACED_PAUSE)  # the board's 256-byte receive buffer drops overflow
+            if self._interrupt_at is not None:
+                # Ctrl-C at the raw prompt cleared what the board had; sending the
+                # rest (or the final \x04) would run a fragment or soft-reset it.
+                self._at_prompt = False
+                raise _UploadInterrupted
             self.link.write(code[i: i + PACED_CHUNK])
         self.link.write(b"\x04")
         self._expect_ok(deadline)
@@ -235,17 +248,18 @@ class BoardSession:
             return None
         return max(1024, self.free_ram // 2)
 
+    def _read_at_least(self, n: int, deadline: float, what: str) -> None:
+        while len(self._buf) < n:
+            if not self._read_more(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                raise BoardNotResponding(f"{self.link.description}: no {what} from the board "
+                                         f"(received {bytes(self._buf[-60:])!r})")
+
     def _expect_ok(self, deadline: float) -> None:
-        while len(self._buf) < 2:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._read_more(remaining):
-                if time.monotonic() >= deadline:
-                    raise BoardNotResponding(f"{self.link.description}: the board did not acknowledge the code")
+        self._read_at_least(2, deadline, "acknowledgement of the code")
         # A raw banner may precede OK: the echo of an earlier resync (Ctrl-A).
         while self._buf.startswith(RAW_BANNER):
             del self._buf[: len(RAW_BANNER)]
-            if len(self._buf) < 2:
-                return self._expect_ok(deadline)
+            self._read_at_least(2, deadline, "acknowledgement of the code")
         if self._buf[:2] != b"OK":
             got = bytes(self._buf[:60])
             self._buf.clear()
@@ -254,15 +268,10 @@ class BoardSession:
 
     def _start_raw_paste(self, deadline: float) -> bool:
         self.link.write(b"\x05A\x01")
-        while len(self._buf) < 2:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._read_more(remaining):
-                raise BoardNotResponding(f"{self.link.description}: no answer to the raw-paste request")
+        self._read_at_least(2, deadline, "answer to the raw-paste request")
         head = bytes(self._buf[:2])
         if head == b"R\x01":
-            while len(self._buf) < 5:
-                if not self._read_more(max(0.0, deadline - time.monotonic())):
-                    raise BoardNotResponding(f"{self.link.description}: raw-paste window size did not arrive")
+            self._read_at_least(5, deadline, "raw-paste window size")
             self._window = int.from_bytes(self._buf[2:4], "little")
             # The size itself grants one window; the \x01 after it grants a second.
             self._credit = self._window * 2 if self._buf[4] == 1 else self._window
@@ -280,7 +289,7 @@ class BoardSession:
     def _raw_paste_write(self, code: bytes, deadline: float) -> None:
         window, credit, sent = self._window, self._credit, 0
         view = memoryview(code)
-        while sent < len(code):
+        while sent < len(code) and self._interrupt_at is None:
             # Read credit whenever the board has sent some, not only when we run dry.
             wait = 0.0 if credit > 0 else max(0.0, deadline - time.monotonic())
             if self._read_more(wait) or self._buf:
@@ -288,18 +297,32 @@ class BoardSession:
                     if byte == 0x01:
                         credit += window
                     elif byte == 0x04:
-                        # The board aborted (a syntax error while compiling): acknowledge, stop.
+                        # The board stopped reading. After a syntax error it waits for our
+                        # \x04; after our Ctrl-C it is already back at its prompt, where a
+                        # \x04 would soft-reset it.
                         self._buf.clear()
-                        self.link.write(b"\x04")
+                        if self._interrupt_at is None:
+                            self.link.write(b"\x04")
+                        else:
+                            self._resync_after_run = True
                         return
                 self._buf.clear()
             elif credit <= 0 and time.monotonic() >= deadline:
                 raise BoardNotResponding(f"{self.link.description}: the board stopped granting raw-paste credit")
-            if credit > 0:
+            if credit > 0 and self._interrupt_at is None:
                 n = min(credit, len(code) - sent)
                 self.link.write(bytes(view[sent: sent + n]))
                 sent += n
                 credit -= n
+        if self._interrupt_at is not None:
+            # Our Ctrl-C is on its way: the board answers \x04 and raises
+            # KeyboardInterrupt; data we sent after it may sit at its prompt.
+            self._resync_after_run = True
+            while b"\x04" not in self._buf:
+                if not self._read_more(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                    raise BoardNotResponding(f"{self.link.description}: the board did not stop the upload")
+            del self._buf[: self._buf.find(b"\x04") + 1]
+            return
         self.link.write(b"\x04")
         # The board answers \x04 once it has compiled everything; credit bytes may still precede it.
         while True:
@@ -356,12 +379,22 @@ class BoardSession:
                 self._run_native(onboard.set_marker_call(marker), setup_deadline)
                 program = (source + onboard.STREAM_TRAILER).encode()
             self._interrupt_at = None
+            self._resync_after_run = False
             self._running.set()
+            # Uploads get time in proportion to their size (1 KB/s at worst).
+            upload_deadline = min(deadline, time.monotonic() + 10.0 + len(program) / 1000)
             try:
-                self._send_program(program, setup_deadline if timeout is None else deadline)
-                result = _Follower(self, marker, framed, on_output, on_input, deadline, filename).run()
+                try:
+                    self._send_program(program, upload_deadline)
+                except _UploadInterrupted:
+                    result = ExecResult(error=BoardException("KeyboardInterrupt", "interrupted before the code started"),
+                                        interrupted=InterruptReport("ctrl-c", time.monotonic() - (self._interrupt_at or start)))
+                else:
+                    result = _Follower(self, marker, framed, on_output, on_input, deadline, filename).run()
             finally:
                 self._running.clear()
+                if self._resync_after_run:
+                    self._at_prompt = False
             if attempt == 1 and _helpers_missing(result):
                 # The board was reset behind our back; the cell did not run. Reinstall and retry.
                 self._helpers = False
@@ -452,6 +485,10 @@ class BoardSession:
             raise LinkClosed(f"{self.link.description}: the session is closed; connect again")
 
 
+class _UploadInterrupted(Exception):
+    """interrupt() arrived while a program was still being sent."""
+
+
 def _helpers_missing(result: ExecResult) -> bool:
     return (result.error is not None and result.error.type == "NameError"
             and "_ek" in result.error.message and not result.output)
@@ -484,6 +521,8 @@ class _Follower:
         self.last_step = "ctrl-c"
         self.reset_suspect: str | None = None
         self.scan_from = 0          # where to look for reset signs next
+        self.seen_marker = False
+        self.probe_at: float | None = None  # when we asked a possibly-reset board for its banner
 
     # Output goes to the caller as soon as it is known not to be framing.
     def emit(self, data: bytes) -> None:
@@ -507,9 +546,14 @@ class _Follower:
             wait = self.deadline - now
             if s._interrupt_at is not None:
                 wait = min(wait, self.escalate(now))
+            if self.probe_at is not None:
+                wait = min(wait, max(0.0, self.probe_at + PROBE_WAIT - now))
+                if not s._read_more(wait) and time.monotonic() >= self.probe_at + PROBE_WAIT:
+                    self.end_probe(confirmed=False)
+                continue
             quiet_check = self.end_candidate() or self.reset_candidate()
             if quiet_check:
-                wait = min(wait, 0.03)
+                wait = min(wait, QUIET)
             if not s._read_more(wait) and quiet_check:
                 if self.finish_quiet():
                     break
@@ -520,7 +564,7 @@ class _Follower:
             if r.error is None and r.reset is None:
                 r.error = BoardException("KeyboardInterrupt", "")
             if self.ladder_step > 1:
-                s._at_prompt = False  # resync bytes may still be on their way: re-enter before the next run
+                s._resync_after_run = True  # resync bytes may still be on their way
         return r
 
     # -- parsing -----------------------------------------------------------------
@@ -528,6 +572,8 @@ class _Follower:
     def parse(self) -> bool:
         buf = self.s._buf
         m = self.marker
+        if self.probe_at is not None:
+            return self.parse_probe_answer()
         while True:
             if self.state == "tail":
                 return self.parse_tail()
@@ -537,6 +583,7 @@ class _Follower:
                 before = bytes(buf[:i])
                 del buf[: i + len(m) + 1]
                 self.reset_suspect = None  # the helper is alive: whatever looked like a reset was output
+                self.seen_marker = True
                 self.end_field(before)
                 self.begin_field(kind)
                 continue
@@ -546,7 +593,7 @@ class _Follower:
             keep = _partial_suffix(buf, m)
             if self.state == "out":
                 cut = len(buf) - keep
-                hold = self.native_end_start(cut)
+                hold = self.native_end_start(cut) if self.native_end_possible() else None
                 if hold is not None:
                     cut = hold
                 self.emit(bytes(buf[:cut]))
@@ -596,10 +643,13 @@ class _Follower:
             self.s._at_prompt = True
             return True
         # Anything else after a finished run: sys.exit() soft-resets current ports.
-        while buf[:1] == b"\x04":
-            del buf[:1]
-        self.state = "out"
-        self.reset_suspect = "soft"
+        # The helper is done, so what follows is the board's own reboot text.
+        if RAW_BANNER in buf or buf.endswith(b">>> "):
+            self.result.reset = "soft"
+            self.s._helpers = False
+            self.s._at_prompt = RAW_BANNER in buf
+            buf.clear()
+            return True
         return False
 
     # -- the raw REPL's own end (code ran outside the helper, or the helper itself failed)
@@ -618,10 +668,20 @@ class _Follower:
                 return i
             start = i + 1
 
+    def native_end_possible(self) -> bool:
+        """Inside the helper the raw REPL's own ending means the helper itself
+        failed: it was missing (nothing came before), or our Ctrl-C hit it
+        mid-report. Anything else that looks like that ending is output."""
+        if not self.framed:
+            return True
+        return self.s._interrupt_at is not None or (not self.output and not self.seen_marker)
+
     def end_candidate(self) -> bool:
         buf = self.s._buf
-        return self.state == "out" and buf.endswith(NATIVE_END) and buf[:1] == b"\x04" \
-            and _could_be_native_end(bytes(buf[1:]), complete=True)
+        if not (self.state == "out" and buf.endswith(NATIVE_END) and buf[:1] == b"\x04"
+                and self.native_end_possible() and _could_be_native_end(bytes(buf[1:]), complete=True)):
+            return False
+        return not self.framed or b"KeyboardInterrupt" in buf or b"_ek" in buf
 
     def recent(self) -> bytes:
         return bytes(self.output[-64:]) + bytes(self.s._buf)
@@ -641,13 +701,39 @@ class _Follower:
                                                     hide_files=self.hide_files, rename=self.rename)
             return True
         if self.reset_candidate():
-            if self.reset_suspect != "resync":
-                self.result.reset = self.reset_suspect
-                s._helpers = False
-            s._at_prompt = self.recent().endswith(RAW_BANNER)
+            # A program could print reboot text and a prompt and then pause: ask.
+            # An idle REPL (raw or friendly) answers Ctrl-A with the raw banner;
+            # a running program does not (the byte waits in its input).
+            self.emit(bytes(s._buf))
             s._buf.clear()
-            return True
+            self.probe_at = time.monotonic()
+            s.link.write(b"\x01")
         return False
+
+    def parse_probe_answer(self) -> bool:
+        buf = self.s._buf
+        if RAW_BANNER in buf:
+            return self.end_probe(confirmed=True)
+        if buf and not (b"\r\n" + RAW_BANNER).startswith(bytes(buf)) and not RAW_BANNER.startswith(bytes(buf)):
+            self.end_probe(confirmed=False)
+            return self.parse()
+        return False
+
+    def end_probe(self, confirmed: bool) -> bool:
+        s = self.s
+        self.probe_at = None
+        if not confirmed:
+            # Still running: what looked like a reset was output. The Ctrl-A we
+            # sent waits in the board's input; the next raw entry absorbs it.
+            self.reset_suspect = None
+            s._resync_after_run = True
+            return False
+        if self.reset_suspect != "resync":
+            self.result.reset = self.reset_suspect
+            s._helpers = False
+        s._buf.clear()
+        s._at_prompt = True
+        return True
 
     def check_reset_signs(self) -> None:
         """Look for reboot text in what the board sent (a reset mid-exec)."""
