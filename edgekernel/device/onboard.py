@@ -21,6 +21,7 @@ of RAM.
 from __future__ import annotations
 
 import ast
+import re
 import secrets
 
 MARKER_LEAD = b"\x1e"
@@ -83,6 +84,9 @@ def new_marker() -> bytes:
     return MARKER_LEAD + "".join(secrets.choice(_ALPHABET) for _ in range(MARKER_LEN - 1)).encode()
 
 
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
 def show_trailing_expression(source: str) -> str:
     """Rewrite a cell so that its last statement, if an expression, reports its value.
 
@@ -98,7 +102,8 @@ def show_trailing_expression(source: str) -> str:
         return source
     node = tree.body[-1]
     assert node.end_lineno is not None and node.end_col_offset is not None
-    lines = source.splitlines(keepends=True)
+    # Python counts lines at \n, \r\n and \r only (str.splitlines also breaks at \f, \x1c, \u2028...).
+    lines = _LINES.findall(source)
     # ast offsets are UTF-8 byte offsets within a line.
     first = lines[node.lineno - 1].encode()
     last = lines[node.end_lineno - 1].encode() if node.end_lineno != node.lineno else first
