@@ -295,5 +295,6 @@ def test_cli_board_stops_answering_exit_2(cli_board, capsys):
     cli_board["after_connect"] = lambda board: setattr(board, "mode", "dead")
     t = time.monotonic()
     assert cli.main(["exec", "--port", "fake", "--timeout", "0.5", "print(1)"]) == 2
-    assert capsys.readouterr().err.startswith("edgekernel: fake-port: the board did not acknowledge")
+    err = capsys.readouterr().err
+    assert err.startswith("edgekernel: fake-port: ") and "acknowledg" in err
     assert time.monotonic() - t < 2

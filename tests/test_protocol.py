@@ -250,6 +250,7 @@ def test_pause_after_output_that_looks_like_the_native_end(make_board):
     board, session = make_board(cell=lambda src: Reply(out=[b"before", b"\x04\x04>", 0.2, b"after\r\n"]))
     r = session.exec("go()")
     assert r.output == b"before\x04\x04>after\r\n"
+    board.cell = lambda src: Reply(out=[b"1\r\n"])
     assert session.exec("print(1)").text == "1\n"
 
 
