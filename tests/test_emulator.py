@@ -74,7 +74,8 @@ class Port:
         deadline = time.monotonic() + timeout
         while i < len(code):
             if obey_credit:
-                self.buf += self.s.read(65536 if credit <= 0 else self.s.in_waiting)
+                # read(n) waits for n bytes or the timeout: ask only for what is there (or 1)
+                self.buf += self.s.read(max(self.s.in_waiting, 1 if credit <= 0 else 0))
                 credit += window * self.buf.count(b"\x01")
                 self.buf = self.buf.replace(b"\x01", b"")
                 assert b"\x04" not in self.buf, self.buf

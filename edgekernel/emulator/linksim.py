@@ -174,6 +174,8 @@ class Link:
         self._paused_board = False
         self._listeners: list = []  # extra taps on board output (e.g. a future WebREPL front)
         self.stats = {"to_board": 0, "to_host": 0, "discarded": 0}
+        #: Largest chunk a board should hand to :meth:`tx` at once (boards read their output this way).
+        self.tx_chunk = TX_FIFO if self.up.paced else 65536
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
