@@ -376,8 +376,11 @@ def test_rx_buffer_drops_overflow_but_not_raw_paste():
         n = 3000
         # A host that writes 3 KB in plain raw mode (no flow control) loses bytes...
         assert b"3000" not in _count_after_blast(p, b"print(len('", n)
+        assert "rx buffer full" in b.log()
         # ...raw-paste flow control never overflows the buffer...
+        drops = b.log().count("rx buffer full")
         assert p.raw_paste(b"print(len('" + b"y" * n + b"'))") == (b"3000\n", b"")
+        assert b.log().count("rx buffer full") == drops
         # ...unless the host ignores its credit.
         p.write(b"\x05A\x01")
         p.read_until(b"\x80\x00\x01")

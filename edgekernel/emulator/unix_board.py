@@ -201,6 +201,8 @@ class UnixBoard:
         self._held = bytearray()  # input that arrived while a Ctrl-C waits for the SIGINT handler
         self._last_sigint = 0.0
         self._prompt = asyncio.Event()
+        self._boot_log = bytearray()  # output before the first prompt, for start-up errors
+        self._failure: str | None = None
         self._exited = asyncio.Event()
         self.stats = {"dropped": 0, "sigint": 0, "restarts": 0}
 
@@ -208,9 +210,6 @@ class UnixBoard:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
-
-    def child_pids(self) -> list[int]:
-        return [self._proc.pid] if self._proc and self._proc.poll() is None else []
 
     async def start(self, timeout: float = 20) -> None:
         self._loop = asyncio.get_running_loop()
@@ -220,6 +219,8 @@ class UnixBoard:
             await asyncio.wait_for(self._prompt.wait(), timeout)
         except asyncio.TimeoutError:
             raise BoardError(f"micropython gave no prompt within {timeout:g} s") from None
+        if self._failure:
+            raise BoardError(self._failure)
 
     def set_tx(self, sink) -> None:
         self._sink = sink
@@ -344,6 +345,13 @@ class UnixBoard:
                     self._handle_output(data)
         self._close_process_fds()
         self._exited.set()
+        if not self._prompt.is_set():  # it never came up: a start-up error, not a soft reset
+            last = self._boot_log.decode(errors="replace").strip().splitlines()
+            self._failure = (f"micropython exited at start (status {self._proc.returncode})"
+                             + (f": {last[-1]}" if last else ""))
+            self._phase = "stopped"
+            self._prompt.set()
+            return
         if self._phase != "stopped":
             self._after_exit()
 
@@ -392,6 +400,8 @@ class UnixBoard:
         self._handle_output(data)
 
     def _handle_output(self, data: bytes) -> None:
+        if not self._prompt.is_set() and len(self._boot_log) < 4096:
+            self._boot_log += data
         self._track_output(data)
         if self._phase == "quiet_raw":
             self._quiet_output(data)
@@ -454,7 +464,10 @@ class UnixBoard:
         if self.rx_buffer is not None:
             room = self.rx_buffer - len(self._in_q) - self._unread()
             if room < len(data):
-                self.stats["dropped"] += len(data) - max(room, 0)
+                lost = len(data) - max(room, 0)
+                self.stats["dropped"] += lost
+                # A real board says nothing; the board process's log does (BoardProcess.log()).
+                print(f"rx buffer full: dropped {lost} byte(s)", file=sys.stderr, flush=True)
                 data = data[:max(room, 0)]
         if not data:
             return
