@@ -214,19 +214,19 @@ class MicroPythonKernel(IPythonKernel):
     async def do_execute(self, code: str, silent: bool, store_history: bool = True,
                          user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False,
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
+        store_history = store_history and not silent  # the messaging spec: silent forces it off
+        self._parent_header_for_output = None if silent else self.get_parent("shell")
         magic_lines, rest = split_leading_magics(code)
         if magic_lines and magic_lines[-1].split()[0] == "%%local":
             # Host IPython cell: counts, history and errors as IPython does them.
-            host_code = code.split("\n", 1)[1] if "\n" in code.strip() else ""
             for line in magic_lines[:-1]:
                 self._run_magic_line(line, "")
-            return await super().do_execute(host_code, silent, store_history, user_expressions, allow_stdin,
+            return await super().do_execute(rest, silent, store_history, user_expressions, allow_stdin,
                                             cell_meta=cell_meta, cell_id=cell_id)
         shell = self.shell
         count = shell.execution_count
         if store_history:
             shell.execution_count += 1
-        self._parent_header_for_output = None if silent else self.get_parent("shell")
         try:
             for line in magic_lines:
                 consumed = self._run_magic_line(line, rest)
