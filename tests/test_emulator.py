@@ -423,7 +423,11 @@ def test_microbit_answers():
         assert b"KeyboardInterrupt" in p.read_until(b"\x04>")
         p.write(b"\x04")
         assert p.read_until(RAW_PROMPT) == b"OK\r\nsoft reboot\r\n" + RAW_PROMPT
+        old = b.board_pids()
+        b.hard_reset()  # a power cycle: QEMU restarts behind the same port
+        assert b"MicroPython v1.9.2" in p.read_until(b">>> ", 10)
         pids = b.board_pids()
+        assert pids != old and _gone(old[0])
         p.close()
     assert started < 10
     assert all(_gone(pid) for pid in pids)

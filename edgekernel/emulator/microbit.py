@@ -161,7 +161,12 @@ class MicrobitBoard:
         self._in_q.clear()
         self._show_boot = True
         self.stats["restarts"] += 1
-        self._loop.create_task(self._boot())
+        self._loop.create_task(self._boot()).add_done_callback(self._after_reboot)
+
+    def _after_reboot(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.death_reason = f"reset failed: {task.exception()}"
+            self.died.set()
 
     async def stop(self) -> None:
         self._stopping = True
