@@ -37,6 +37,8 @@ import time
 import tty
 from typing import Protocol
 
+from . import BoardError
+
 #: Board output waiting for the wire above which the board is paused (a UART TX FIFO is 128 bytes
 #: on an ESP8266; 256 leaves room for a 1 ms batch at high baud rates).
 TX_FIFO = 256
@@ -137,8 +139,11 @@ class PtyFront:
         self.fd = master
         self.symlink = symlink
         if symlink:
-            if os.path.islink(symlink):
+            if os.path.islink(symlink):  # a stale link from an earlier run
                 os.unlink(symlink)
+            elif os.path.exists(symlink):
+                os.close(master)
+                raise BoardError(f"--link {symlink}: exists and is not a symlink")
             os.symlink(self.path, symlink)
 
     def connected(self) -> bool:
