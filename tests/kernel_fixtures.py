@@ -29,6 +29,10 @@ START_TIMEOUT = 60.0
 CELL_TIMEOUT = 60.0
 
 BOARD_KINDS = ("unix", "microbit")
+# The micro:bit behind a 115200-baud line, as the real board is: with no baud rate the emulated
+# UART delivers bytes faster than the 1.9.2 firmware drains its receive buffer, and uploads lose
+# bytes (SyntaxError from the helper install, or a lost \x04 and no "OK"), which no real wire does.
+BOARD_OPTIONS: dict[str, dict[str, Any]] = {"unix": {}, "microbit": {"baud": 115200}}
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -168,6 +172,11 @@ class Boards:
         self.pids.add(board.pid)
         self.pids |= descendants(board.pid)
         return board
+
+    def kill(self, board: Any) -> None:
+        """Pull the cable: the board process dies at once (its tree is remembered and checked)."""
+        self.pids |= {board.pid} | descendants(board.pid)
+        board.kill()
 
     def stop(self, board: Any) -> None:
         pids = {board.pid} | descendants(board.pid)

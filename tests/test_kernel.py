@@ -29,7 +29,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from kernel_fixtures import (BOARD_KINDS, CELL_TIMEOUT, Boards, Kernel, Kernels, KernelEnv, Run,  # noqa: F401
+from kernel_fixtures import (BOARD_KINDS, BOARD_OPTIONS, CELL_TIMEOUT, Boards, Kernel, Kernels, KernelEnv, Run,  # noqa: F401
                              board_snippets, boards, descendants, describe, fresh_boards, fresh_kernels,
                              kernel_env, kernels, kill_leftovers, wait_gone)
 
@@ -55,7 +55,7 @@ class Setup:
 def setup(request: pytest.FixtureRequest, boards: Boards, kernels: Kernels):
     """A "micropython" kernel (EDGEKERNEL_PORT) on an emulated board of each kind, shared by the module."""
     kind = request.param
-    board = boards.start(kind)
+    board = boards.start(kind, **BOARD_OPTIONS[kind])
     kernel = kernels.start("micropython", port=board.port, name=f"micropython/{kind}")
     # The first cell connects (and says so): later cells see only their own output.
     first = kernel.ok("None")
@@ -63,6 +63,25 @@ def setup(request: pytest.FixtureRequest, boards: Boards, kernels: Kernels):
     yield Setup(kind, board, kernel, board_snippets(kind))
     kernels.shutdown(kernel)
     boards.stop(board)
+
+
+# The micro:bit has 16 KB of RAM: a shared board must not collect every test's globals.
+FORGET_GLOBALS = ("_g = globals()\n"
+                  "for _n in list(_g):\n"
+                  " if _n[0] != '_' and _n != 'input': del _g[_n]\n"
+                  "del _g, _n")
+COLLECT = "__import__('gc').collect()"
+
+
+@pytest.fixture(autouse=True)
+def _forget_board_globals(request: pytest.FixtureRequest):
+    """After each test on a shared kernel, drop the board's globals (silently)."""
+    yield
+    if "setup" in request.fixturenames:
+        setup = request.getfixturevalue("setup")
+        for code in (COLLECT, FORGET_GLOBALS, COLLECT):
+            run = setup.kernel.execute(code, silent=True)
+            assert run.status == "ok", f"the board misbehaved after the test: {run!r}"
 
 
 def wait_for_stream(kernel: Kernel, msg_id: str, text: str, timeout: float = CELL_TIMEOUT) -> None:
@@ -102,16 +121,34 @@ def test_output_streams_while_the_board_prints(setup: Setup) -> None:
     assert "\r" not in run.stream()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "kernel bug: output.py flushes every FLUSH_INTERVAL (50 ms) whatever has come, so the number of "
+    "stream messages grows with how long a print lasts (~20 per second): ~60 for this one"))
+def test_slow_2000_line_print_stays_coalesced(setup: Setup) -> None:
+    """2000 lines over about three seconds: still one message per flush, not per line, and ≤ 50 in all."""
+    if setup.kind != "unix":
+        pytest.skip("the unix board is enough for the timing of the coalescer")
+    code = (f"{setup.snippets['sleep_ms']}\n"
+            "for i in range(2000):\n"
+            "    print(i)\n"
+            "    if i % 20 == 19:\n"
+            "        sleep_ms(30)\n")
+    run = setup.kernel.ok(code)
+    assert run.stream() == "".join(f"{i}\n" for i in range(2000))
+    assert len(run.of_type("stream")) > 1
+    assert len(run.iopub) <= 50, f"{len(run.iopub)} iopub messages for a 2000-line print lasting ~3 s"
+
+
 def test_line_endings_are_lf(setup: Setup) -> None:
-    run = setup.kernel.ok("print('a')\nprint('b\\r\\nc')\nprint('d')")
+    run = setup.kernel.ok("print('a')\nprint('b\\nc')\nprint('d', 'e', sep='\\n')\nfor i in range(3):\n    print(i)")
     text = run.stream()
-    assert text == "a\nb\nc\nd\n"
+    assert text == "a\nb\nc\nd\ne\n0\n1\n2\n"
 
 
 def test_non_utf8_output_shows_replacement_character(setup: Setup) -> None:
     if setup.kind == "microbit":
-        # No sys.stdout.buffer on 1.9.2: a lone surrogate prints as invalid UTF-8 (ED A0 80).
-        code = "print('bad:' + chr(0xd800) + ':end')"
+        # No sys.stdout.buffer on 1.9.2: the UART takes raw bytes.
+        code = "from microbit import uart\nuart.write(b'bad:\\xff\\xfe:end\\n')"
     else:
         code = "import sys\nsys.stdout.buffer.write(b'bad:\\xff\\xfe:end\\n')"
     run = setup.kernel.ok(code)
@@ -167,8 +204,6 @@ def test_silent_execution_has_no_output(setup: Setup) -> None:
     assert [m["msg_type"] for m in run.iopub if m["msg_type"] != "status"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="kernel bug: do_execute counts a silent cell when the request says "
-                   "store_history=True; the protocol forces store_history=False when silent=True")
 def test_silent_execution_does_not_count(setup: Setup) -> None:
     k = setup.kernel
     before = k.ok("None")
@@ -256,6 +291,25 @@ def test_board_code_after_a_magic_keeps_cell_line_numbers(setup: Setup) -> None:
     assert any('"<cell>", line 3' in line for line in run.content["traceback"]), run.content["traceback"]
 
 
+@pytest.mark.parametrize("code, named", [
+    ("%nosuchmagic\n%%local\nprint('on the host')", "%nosuchmagic"),
+    ("%serialconnect --bogus\n%%local\nprint('on the host')", "--bogus"),
+], ids=["unknown-magic", "unknown-option"])
+@pytest.mark.xfail(strict=True, reason=(
+    "kernel bug: in do_execute's %%local branch the leading magic lines run outside the try that "
+    "turns MagicError/HostError into error replies, so the exception escapes and no execute_reply "
+    "is ever sent"))
+def test_bad_magic_before_a_local_cell_is_an_error_reply(setup: Setup, code: str, named: str) -> None:
+    if setup.kind != "unix":
+        pytest.skip("host side only: one board kind is enough")
+    # A host-side error replies in milliseconds; 5 s only bounds the wait for a reply that never comes.
+    run = setup.kernel.execute(code, timeout=5)
+    assert run.status == "error", run
+    assert named in run.content["evalue"]
+    assert run.errors
+    assert "on the host" not in run.stream()
+
+
 def test_magic_help(setup: Setup) -> None:
     run = setup.kernel.ok("%serialconnect --help")
     assert "--port" in run.stream() and "--baud" in run.stream()
@@ -293,6 +347,9 @@ def test_input_without_stdin_is_a_fast_clear_error(setup: Setup) -> None:
 def _interrupt(kernel: Kernel, code: str, started: str) -> tuple[Run, float]:
     msg_id = kernel.send_execute(code)
     wait_for_stream(kernel, msg_id, started)
+    # The unix emulator merges a Ctrl-C that comes within 100 ms of its previous SIGINT into that
+    # one, even when it belongs to a new cell (an emulator quirk, not the kernel's): keep clear of it.
+    time.sleep(0.15)
     t0 = time.monotonic()
     kernel.km.interrupt_kernel()
     reply = kernel.wait_reply(msg_id, timeout=15)
@@ -305,16 +362,21 @@ def _interrupt(kernel: Kernel, code: str, started: str) -> tuple[Run, float]:
     ("print('spinning')\nwhile True:\n    pass", "spinning"),
     ("while True:\n    print('x' * 50)", "x" * 50),
 ], ids=["busy-loop", "print-flood"])
-def test_interrupt_stops_the_cell_quickly(setup: Setup, code: str, started: str) -> None:
+def test_interrupt_stops_the_cell_quickly(setup: Setup, code: str, started: str, request: pytest.FixtureRequest) -> None:
+    if setup.kind == "microbit" and "flood" in request.node.name:
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
+            "emulator, not kernel: QEMU's pty holds ~20 KB of the micro:bit's output behind the paced "
+            "115200-baud link (a real UART's FIFO holds bytes, not kilobytes), so the KeyboardInterrupt "
+            "traceback arrives only after ~2 s of queued 'x' lines")))
     k = setup.kernel
     run, elapsed = _interrupt(k, code, started)
     assert run.status == "error", run
     assert run.content["ename"] == "KeyboardInterrupt"
-    assert elapsed <= INTERRUPT_LIMIT, f"interrupt took {elapsed:.3f} s (limit {INTERRUPT_LIMIT} s)"
     # The next cell works and sees none of the old output.
     after = k.ok("print('after')\n6*7")
     assert after.stream() == "after\n"
     assert after.result_text == "42"
+    assert elapsed <= INTERRUPT_LIMIT, f"interrupt took {elapsed:.3f} s (limit {INTERRUPT_LIMIT} s)"
 
 
 # -- completion, inspection, is_complete -------------------------------------------------------------------
@@ -419,15 +481,9 @@ def test_local_cell_runs_host_python_with_board_eval(setup: Setup) -> None:
     assert run.status == "error" and run.content["ename"] == "RuntimeError"
 
 
-LOCAL_HOST_CODE_BUG = ("kernel bug: do_execute takes the %%local body as code.split('\\n', 1)[1], which still "
-                       "holds the %%local line when a blank line or a line magic precedes it; IPython then "
-                       "fails with 'Cell magic %%local not found'")
-
-
 @pytest.mark.parametrize("code", [
-    pytest.param("\n%%local\nprint('on the host')", marks=pytest.mark.xfail(strict=True, reason=LOCAL_HOST_CODE_BUG)),
-    pytest.param("%lsmagic\n%%local\nprint('on the host')",
-                 marks=pytest.mark.xfail(strict=True, reason=LOCAL_HOST_CODE_BUG)),
+    "\n%%local\nprint('on the host')",
+    "%lsmagic\n%%local\nprint('on the host')",
 ], ids=["blank-line-first", "line-magic-first"])
 def test_local_cell_after_leading_lines(setup: Setup, code: str) -> None:
     run = setup.kernel.execute(code)
@@ -488,12 +544,12 @@ def test_restart_gives_a_clean_board_without_serialconnect(setup: Setup) -> None
 @pytest.mark.parametrize("kind", BOARD_KINDS)
 def test_board_killed_mid_cell_then_serialconnect_to_another(kind: str, fresh_boards: Boards,
                                                              fresh_kernels: Kernels) -> None:
-    first = fresh_boards.start(kind)
+    first = fresh_boards.start(kind, **BOARD_OPTIONS[kind])
     k = fresh_kernels.start("micropython", port=first.port, name=f"kill/{kind}")
     k.ok("None")
     msg_id = k.send_execute("i = 0\nwhile True:\n    i += 1\n    if i == 100:\n        print('running')")
     wait_for_stream(k, msg_id, "running")
-    first.kill()
+    fresh_boards.kill(first)
     run = k.collect(msg_id, timeout=15)
     assert run.status == "error", run
     assert run.content["ename"] in ("LinkClosed", "LinkError"), run
@@ -501,7 +557,7 @@ def test_board_killed_mid_cell_then_serialconnect_to_another(kind: str, fresh_bo
     assert "serialconnect" in run.content["evalue"]
     assert "running\n" in run.stream()
 
-    second = fresh_boards.start(kind)
+    second = fresh_boards.start(kind, **BOARD_OPTIONS[kind])
     run = k.ok(f"%serialconnect --port {second.port}")
     assert f"connected to {second.port}" in run.stream()
     assert k.ok("2+3").result_text == "5"
