@@ -379,6 +379,37 @@ def test_interrupt_stops_the_cell_quickly(setup: Setup, code: str, started: str,
     assert elapsed <= INTERRUPT_LIMIT, f"interrupt took {elapsed:.3f} s (limit {INTERRUPT_LIMIT} s)"
 
 
+def test_interrupt_while_idle_is_harmless(setup: Setup) -> None:
+    k = setup.kernel
+    k.km.interrupt_kernel()
+    time.sleep(0.2)
+    assert k.ok("6*7").result_text == "42"
+
+
+@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
+    "kernel bug: input() is answered by ipykernel's _input_request on the board worker thread; "
+    "its wait for the input_reply only ends on KeyboardInterrupt, which a SIGINT raises in the main "
+    "thread alone, so Interrupt leaves the cell (and the board) blocked until the user answers"))
+def test_interrupt_while_waiting_for_input(setup: Setup) -> None:
+    """Interrupt while input() waits for the user: the cell ends (as in IPython), the board stays usable."""
+    k = setup.kernel
+    msg_id = k.send_execute("v = input('waiting: ')\nprint('got', v)", allow_stdin=True)
+    request = k.next_stdin(msg_id, timeout=30)
+    assert request is not None and request["content"]["prompt"] == "waiting: "
+    k.km.interrupt_kernel()
+    try:
+        reply = k.wait_reply(msg_id, timeout=5)
+    except TimeoutError:
+        # Unblock the kernel so the shared board stays usable, then fail.
+        k.kc.input("unblock")
+        k.collect(msg_id)
+        raise
+    k.wait_idle(msg_id)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert k.ok("6*7").result_text == "42"
+
+
 # -- completion, inspection, is_complete -------------------------------------------------------------------
 
 def test_complete_attributes_from_the_board(setup: Setup) -> None:
@@ -562,6 +593,21 @@ def test_board_killed_mid_cell_then_serialconnect_to_another(kind: str, fresh_bo
     assert f"connected to {second.port}" in run.stream()
     assert k.ok("2+3").result_text == "5"
     fresh_kernels.shutdown(k)
+
+
+def test_no_board_is_a_clear_error(fresh_kernels: Kernels) -> None:
+    """The serial kernelspec with no board given or found: error replies that say what to do."""
+    k = fresh_kernels.start("micropython", name="micropython/no-board")
+    run = k.execute("2+3", timeout=30)
+    assert run.status == "error", run
+    assert "serialconnect" in run.content["evalue"]
+    assert run.errors
+    run = k.execute("%serialconnect", timeout=30)
+    assert run.status == "error", run
+    assert run.content["evalue"]
+    # Host-side cells still work.
+    assert k.ok("%%local\n1 + 1").result_text == "2"
+    assert k.ok("%lsmagic").stream()
 
 
 # -- the micropython-emulator kernelspec ------------------------------------------------------------------------
