@@ -86,7 +86,8 @@ def test_marker_shape():
         assert len(m) == onboard.MARKER_LEN and m[:1] == onboard.MARKER_LEAD
         assert all(0x30 <= b < 0x7F and b != ord(">") for b in m[1:])
         seen.add(m)
-    assert len(seen) == 200
+    # Random per execution (a few birthday collisions are possible with short markers).
+    assert len(seen) >= 190
 
 
 @pytest.mark.parametrize("source", [

@@ -408,6 +408,24 @@ def test_exec_timeout_interrupts(make_board):
     assert 0.25 < r.seconds < 1.0
 
 
+@pytest.mark.parametrize("raw_paste", ["yes", "no"])
+@pytest.mark.parametrize("then", ["connect", "soft_reset"])
+def test_helper_install_after_an_interrupted_exec(make_board, raw_paste, then):
+    # An interrupt belongs to the exec it stopped: installing the helper later
+    # (connect, soft reset) must not find it and abandon the upload.
+    board, session = make_board(raw_paste=raw_paste, cell=lambda src: Reply(end="busy"))
+    _interrupt_soon(session, 0.05)
+    assert session.exec("while True: pass").interrupted is not None
+    t = time.monotonic()
+    if then == "connect":
+        session.connect(3)
+    else:
+        session.soft_reset(3)
+    assert time.monotonic() - t < 1.0
+    board.cell = lambda src: Reply(out=[b"usable\r\n"])
+    assert session.exec("print('usable')").text == "usable\n"
+
+
 def test_interrupt_when_idle_does_nothing(make_board):
     board, session = make_board()
     n = len(board.written)
