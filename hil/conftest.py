@@ -162,15 +162,40 @@ def target(request, pool) -> Target:
         pool.discard(name)
 
 
-def _connect(target: Target, timeout: float = 15.0) -> BoardSession:
-    return BoardSession.open(target.port, target.baud, timeout=timeout)
+class WireLog:
+    """The last bytes the board sent, shown when a scenario fails."""
+
+    def __init__(self, keep: int = 3000) -> None:
+        self.keep = keep
+        self.data = bytearray()
+
+    def __call__(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > 2 * self.keep:
+            del self.data[: -self.keep]
+
+    def tail(self) -> bytes:
+        return bytes(self.data[-self.keep:])
+
+
+def _connect(target: Target, log: WireLog, timeout: float = 15.0) -> BoardSession:
+    return BoardSession.open(target.port, target.baud, timeout=timeout, log=log)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed
+    return report
 
 
 @pytest.fixture
-def board(target: Target, pool) -> BoardSession:
+def board(request, target: Target, pool) -> BoardSession:
     """A connected session (raw REPL, helper installed) on the target."""
+    log = WireLog()
     try:
-        session = _connect(target)
+        session = _connect(target, log)
     except (DeviceError, LinkError):
         if not target.emulated:
             raise
@@ -178,9 +203,12 @@ def board(target: Target, pool) -> BoardSession:
         pool.discard(target.name)
         proc = pool.get(target.name)
         target.process, target.port = proc, proc.port
-        session = _connect(target)
+        session = _connect(target, log)
     session.target = target   # type: ignore[attr-defined]
     yield session
+    if getattr(request.node, "call_failed", False):
+        print(f"\n--- last bytes from {target.name} ({target.port}) ---\n{log.tail()!r}")
+        target.damaged = True   # start the next test on a fresh board
     try:
         session.close()
     except Exception:
