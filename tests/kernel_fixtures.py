@@ -102,6 +102,36 @@ def kill_leftovers(pids: set[int]) -> None:
             pass
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_subreaper(on: bool) -> bool:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def no_leftover_processes() -> Iterator[None]:
+    """While the module runs, orphans are re-parented to this process (a child subreaper), so a
+    grandchild whose parent died (an emulated board under a killed kernel) still counts as ours.
+    At the end, every process started below this one must be gone."""
+    before = descendants(os.getpid())
+    subreaper = _set_subreaper(True)
+    try:
+        yield
+    finally:
+        left = wait_gone(descendants(os.getpid()) - before, timeout=15)
+        if subreaper:
+            _set_subreaper(False)
+        if left:
+            kill_leftovers(left)
+            raise AssertionError(f"processes left behind by the kernel tests: {describe(left)}")
+
+
 # -- environment ---------------------------------------------------------------------------
 
 @dataclass
@@ -474,8 +504,5 @@ def fresh_boards() -> Iterator[Boards]:
 
 
 def board_snippets(kind: str) -> dict[str, str]:
-    """Board code that differs between ports."""
-    if kind == "microbit":
-        # The micro:bit firmware (MicroPython 1.9.2) has no sys.stdout.buffer.
-        return {"sleep_ms": "from microbit import sleep as sleep_ms"}
+    """Board code that may differ between ports (the micro:bit's 1.9.2 has utime as `time` too)."""
     return {"sleep_ms": "from time import sleep_ms"}

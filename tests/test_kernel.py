@@ -31,7 +31,7 @@ import pytest
 
 from kernel_fixtures import (BOARD_KINDS, BOARD_OPTIONS, CELL_TIMEOUT, Boards, Kernel, Kernels, KernelEnv, Run,  # noqa: F401
                              board_snippets, boards, descendants, describe, fresh_boards, fresh_kernels,
-                             kernel_env, kernels, kill_leftovers, wait_gone)
+                             kernel_env, kernels, kill_leftovers, no_leftover_processes, wait_gone)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,6 +41,11 @@ EXAMPLE = REPO / "examples" / "getting_started.ipynb"
 # The two latencies this file asserts (seconds). Everything else only has ceilings.
 INTERRUPT_LIMIT = 0.5
 RESPONSIVE_LIMIT = 1.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _checked_for_leftovers(no_leftover_processes: None) -> None:
+    """Set up before (so torn down after) every other fixture of the module."""
 
 
 @dataclass
@@ -460,7 +465,7 @@ def test_is_complete(setup: Setup) -> None:
 
 def test_shell_answers_while_a_cell_runs(setup: Setup) -> None:
     k = setup.kernel
-    msg_id = k.send_execute(f"{setup.snippets['sleep_ms']}\nprint('sleeping')\nsleep_ms(3000)\nprint('awake')")
+    msg_id = k.send_execute("import time\nprint('sleeping')\ntime.sleep(3)\nprint('awake')")
     wait_for_stream(k, msg_id, "sleeping")
     t0 = time.monotonic()
     info = k.request("kernel_info_request", {}, timeout=10)
