@@ -180,6 +180,18 @@ def test_memory_error(board):
         assert r.ok and r.text.strip() == "2000"
 
 
+def test_no_heap_lost_per_exec(board):
+    # A board runs a notebook's cells for hours: an exec must not cost heap for
+    # good (the micro:bit has ~7 KB free).
+    probe = "import gc\ngc.collect()\nprint(gc.mem_free())"
+    before = int(board.run_internal(probe, timeout=15))
+    for _ in range(300):
+        r = board.exec("1+1", show_value=True, timeout=15)
+        assert r.value == "2", r
+    lost = before - int(board.run_internal(probe, timeout=15))
+    assert lost <= 256, f"{lost} bytes of heap lost over 300 execs ({lost / 300:.1f} per exec)"
+
+
 # -- interrupts -------------------------------------------------------------------------------------
 
 

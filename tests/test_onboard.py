@@ -216,6 +216,36 @@ def test_helper_output_with_control_bytes_is_untouched():
     assert fields(m, out)[0] == ("", b"a\x04b\x1e>OK")
 
 
+def _heap_lost(calls: list[str]) -> int:
+    """Heap lost on the unix port while running the framed calls one by one."""
+    script = "\n".join([
+        onboard.HELPER_SOURCE,
+        f"calls = {calls!r}",
+        "import gc",
+        "exec(calls[0])",               # warm up: first-use allocations
+        "gc.collect()",
+        "before = gc.mem_free()",
+        "for c in calls[1:]:\n    exec(c)",
+        "gc.collect()",
+        "print('LOST', before - gc.mem_free())",
+    ]) + "\n"
+    proc = subprocess.run([micropython_executable(), "-c", script], capture_output=True, timeout=20)
+    return int(proc.stdout.rsplit(b"LOST", 1)[1])
+
+
+@needs_micropython
+def test_framed_calls_leave_no_heap_behind():
+    # Each exec brings a fresh marker. MicroPython interns string literals of up
+    # to 10 characters (MICROPY_ALLOC_PARSE_INTERN_STRING_LEN) as qstrs, which are
+    # never freed: a marker that short costs heap on every cell, for good, until
+    # the board resets (the micro:bit runs out after ~230 cells).
+    n = 300
+    fresh = [onboard.framed_call(onboard.new_marker(), ste("1+1")).decode() for _ in range(n)]
+    same = [fresh[0]] * n        # the harness's own cost: same cells, one marker
+    extra = _heap_lost(fresh) - _heap_lost(same)
+    assert extra <= 64, f"{extra} bytes of heap lost over {n - 1} cells ({extra / (n - 1):.1f} per cell)"
+
+
 # -- parse_traceback ------------------------------------------------------------------------------
 
 MP_TB = ('Traceback (most recent call last):\r\n'
