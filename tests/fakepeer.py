@@ -190,8 +190,16 @@ class FakeBoard(FakeLink):
                  ctrl_c_delay: float = 0.0, reply_delay: float = 0.0, paste_reply_delay: float = 0.0,
                  credit_delay: float = 0.0, chunk: int | None = None, mem_free: int = 60000,
                  helpers: bool = False, boot: bytes = b"",
-                 cell: Callable[[str], Reply] | None = None) -> None:
+                 cell: Callable[[str], Reply] | None = None,
+                 rx_buffer: int | None = None, rx_rate: float = 20000.0) -> None:
         super().__init__()
+        # A small receive buffer (the micro:bit's is 64 bytes) that the firmware
+        # empties at rx_rate bytes/s; what arrives while it is full is lost.
+        self.rx_buffer = rx_buffer
+        self.rx_rate = rx_rate
+        self._rx_level = 0.0
+        self._rx_at = time.monotonic()
+        self.rx_dropped = 0
         self.mode = mode                 # friendly | paste-mode | raw | raw-paste | paste-aborted | busy | dead
         self.raw_paste = raw_paste       # yes | no (R\x00) | old (no raw-paste: reprint the banner)
         self.window = window
@@ -239,7 +247,16 @@ class FakeBoard(FakeLink):
     # -- input ----------------------------------------------------------------------------
 
     def on_host_bytes(self, data: bytes) -> None:
+        if self.rx_buffer is not None:
+            now = time.monotonic()
+            self._rx_level = max(0.0, self._rx_level - (now - self._rx_at) * self.rx_rate)
+            self._rx_at = now
         for b in data:
+            if self.rx_buffer is not None:
+                if self._rx_level >= self.rx_buffer:
+                    self.rx_dropped += 1
+                    continue
+                self._rx_level += 1
             self._byte(b)
 
     def _byte(self, b: int) -> None:
