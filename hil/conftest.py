@@ -7,9 +7,10 @@ Targets
   real         the board on $EDGEKERNEL_HIL_PORT (baud: $EDGEKERNEL_HIL_BAUD, default 115200)
 
 Emulated boards are started once per target and shared (QEMU boots in
-seconds); a test that damages its board (kills it, wedges it) marks it so
-and the next test gets a fresh one. Every test gets its own connected
-BoardSession in the raw REPL with the helper installed.
+seconds); a test that damages its board (kills it, wedges it) or fails marks
+it so and the next test gets a fresh one. Every test gets its own connected
+BoardSession, soft-reset (clean heap, no globals), in the raw REPL with the
+helper installed.
 """
 from __future__ import annotations
 
@@ -204,6 +205,9 @@ def board(request, target: Target, pool) -> BoardSession:
         proc = pool.get(target.name)
         target.process, target.port = proc, proc.port
         session = _connect(target, log)
+    # A known state: a clean heap and no globals left by the previous scenario
+    # (a soft reset from the raw REPL: main.py does not run).
+    session.soft_reset(timeout=20)
     session.target = target   # type: ignore[attr-defined]
     yield session
     if getattr(request.node, "call_failed", False):

@@ -312,19 +312,19 @@ def test_cli_exec(target, free_port):
 def test_cli_run_streams(target, free_port, tmp_path):
     script = tmp_path / "count.py"
     script.write_text("import time\nfor i in range(5):\n    print('n', i)\n    time.sleep(0.25)\nraise ValueError('at the end')\n")
-    proc = subprocess.Popen([sys.executable, "-m", "edgekernel", "run", "--port", free_port,
-                             "--baud", str(target.baud), str(script)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        arrivals = []
-        for line in proc.stdout:
-            arrivals.append(time.monotonic())
-        stderr = proc.stderr.read().decode()
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with subprocess.Popen([sys.executable, "-m", "edgekernel", "run", "--port", free_port,
+                           "--baud", str(target.baud), str(script)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            arrivals = []
+            for line in proc.stdout:
+                arrivals.append(time.monotonic())
+            stderr = proc.stderr.read().decode()
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert len(arrivals) == 5, (code, stderr)
     assert arrivals[-1] - arrivals[0] > 0.6, "lines arrived together: output was not streamed"
     assert code == 1, stderr
