@@ -96,8 +96,9 @@ def test_50k_script(board, mode):
     seconds = time.monotonic() - start
     assert r.ok, r.error
     assert r.text == f"sum {expected}\n"
-    if t.slow:
-        assert len(src) / seconds > 0.8 * 11520, f"{len(src) / seconds:.0f} B/s at 115200 baud"
+    if t.slow and mode == "raw-paste":
+        # Flow-controlled by the board: the link is the limit (bench/device.py measures it).
+        assert len(src) / seconds > 0.9 * 11520, f"{len(src) / seconds:.0f} B/s at 115200 baud"
     assert_usable(board)
 
 
@@ -284,11 +285,13 @@ def test_port_vanishes_mid_exec(board):
             time.sleep(0.005)
         time.sleep(0.3)
         t.process.kill()
-    threading.Thread(target=unplug, daemon=True).start()
+    unplugger = threading.Thread(target=unplug, daemon=True)
+    unplugger.start()
     start = time.monotonic()
     with pytest.raises(LinkClosed) as info:
         board.exec("import time\nwhile True:\n    print('.')\n    time.sleep(0.05)", timeout=60)
     assert time.monotonic() - start < 3.0
+    unplugger.join(10)   # kill() has finished before the pool stops the board
     assert "disconnected" in str(info.value) and t.port in str(info.value)
 
 
