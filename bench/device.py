@@ -424,7 +424,7 @@ def table(results: dict) -> str:
                 rows.append((board, f"ERROR ({tool})", err[:110], "", "", ""))
         if ek.get("connect_failures"):
             rows.append((board, "ek connect failures", str(len(ek["connect_failures"])), "", "",
-                         ek["connect_failures"][0][:80]))
+                         " ".join(ek["connect_failures"][0].split())[:110]))
         for key in ("median", "p99"):
             a, b, c = g(ek, "rt", key), g(mp, "rt", key), g(mp, "rt_eval", key)
             done = f" (ek {ek.get('rt_done', 0)}, mp {mp.get('rt_done', 0)} runs)" if key == "median" else ""
@@ -465,6 +465,7 @@ def table(results: dict) -> str:
                              "2 round trips (raw-paste handshake first)"))
         if res.get("leftover_pids"):
             rows.append((board, "CLEANUP", f"processes left: {res['leftover_pids']}", "", "", ""))
+    rows = [tuple(" ".join(str(c).split()) for c in r) for r in rows]   # one line per cell
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
