@@ -126,9 +126,6 @@ def test_output_streams_while_the_board_prints(setup: Setup) -> None:
     assert "\r" not in run.stream()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bug: output.py flushes every FLUSH_INTERVAL (50 ms) whatever has come, so the number of "
-    "stream messages grows with how long a print lasts (~20 per second): ~60 for this one"))
 def test_slow_2000_line_print_stays_coalesced(setup: Setup) -> None:
     """2000 lines over about three seconds: still one message per flush, not per line, and ≤ 50 in all."""
     if setup.kind != "unix":
@@ -300,10 +297,6 @@ def test_board_code_after_a_magic_keeps_cell_line_numbers(setup: Setup) -> None:
     ("%nosuchmagic\n%%local\nprint('on the host')", "%nosuchmagic"),
     ("%serialconnect --bogus\n%%local\nprint('on the host')", "--bogus"),
 ], ids=["unknown-magic", "unknown-option"])
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bug: in do_execute's %%local branch the leading magic lines run outside the try that "
-    "turns MagicError/HostError into error replies, so the exception escapes and no execute_reply "
-    "is ever sent"))
 def test_bad_magic_before_a_local_cell_is_an_error_reply(setup: Setup, code: str, named: str) -> None:
     if setup.kind != "unix":
         pytest.skip("host side only: one board kind is enough")
@@ -388,10 +381,6 @@ def test_interrupt_while_idle_is_harmless(setup: Setup) -> None:
     assert k.ok("6*7").result_text == "42"
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "kernel bug: input() is answered by ipykernel's _input_request on the board worker thread; "
-    "its wait for the input_reply only ends on KeyboardInterrupt, which a SIGINT raises in the main "
-    "thread alone, so Interrupt leaves the cell (and the board) blocked until the user answers"))
 def test_interrupt_while_waiting_for_input(setup: Setup) -> None:
     """Interrupt while input() waits for the user: the cell ends (as in IPython), the board stays usable."""
     k = setup.kernel

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import zmq
 from ipykernel.ipkernel import IPythonKernel
 from jupyter_core.paths import jupyter_runtime_dir
 
@@ -26,7 +27,7 @@ from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClos
 from ..ports import auto_port, list_serial_ports
 from . import introspect
 from .magics import MagicError, MagicHelp, MagicRegistry, split_leading_magics
-from .output import FLUSH_INTERVAL, StreamCoalescer
+from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer
 
 PROFILE_ENV = "EDGEKERNEL_PROFILE"
 PORT_ENV = "EDGEKERNEL_PORT"
@@ -112,6 +113,7 @@ class MicroPythonKernel(IPythonKernel):
         self.last_output = b""
         self._reconnect = self._read_state()
         self.signatures = introspect.SignatureIndex()
+        self._input_cancelled = threading.Event()
         if self.shell is not None:
             self.shell.user_ns["board"] = BoardHandle(self)
 
@@ -219,25 +221,38 @@ class MicroPythonKernel(IPythonKernel):
         magic_lines, rest = split_leading_magics(code)
         if magic_lines and magic_lines[-1].split()[0] == "%%local":
             # Host IPython cell: counts, history and errors as IPython does them.
-            for line in magic_lines[:-1]:
-                self._run_magic_line(line, "")
+            count = self.shell.execution_count
+
+            async def leading_magics() -> None:
+                await self._run_magic_lines(magic_lines[:-1], "")
+
+            failure = await self._host_side(leading_magics(), count, silent)
+            if failure is not None:
+                return failure
             return await super().do_execute(rest, silent, store_history, user_expressions, allow_stdin,
                                             cell_meta=cell_meta, cell_id=cell_id)
-        shell = self.shell
-        count = shell.execution_count
+        count = self.shell.execution_count
         if store_history:
-            shell.execution_count += 1
+            self.shell.execution_count += 1
+
+        async def board_cell() -> dict[str, Any] | None:
+            body = rest
+            if await self._run_magic_lines(magic_lines, rest):
+                body = ""
+            if body.strip():
+                return await self._execute_on_board(body, silent, allow_stdin, count)
+            return None
+
+        reply = await self._host_side(board_cell(), count, silent)
+        return reply or {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+
+    async def _host_side(self, work: Any, count: int, silent: bool) -> dict[str, Any] | None:
+        """Await `work`; turn every host-side failure into an error reply (never silence)."""
         try:
-            for line in magic_lines:
-                consumed = self._run_magic_line(line, rest)
-                if consumed:
-                    rest = ""
-            if rest.strip():
-                return await self._execute_on_board(rest, silent, allow_stdin, count)
-            return {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+            return await work
         except MagicHelp as help_text:
             self.say(str(help_text))
-            return {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+            return None
         except HostError as exc:
             return self._error_reply(exc.ename, exc.evalue, [f"{exc.ename}: {exc.evalue}"], count, silent)
         except MagicError as exc:
@@ -247,6 +262,13 @@ class MicroPythonKernel(IPythonKernel):
                 self.disconnect()
             name = type(exc).__name__
             return self._error_reply(name, str(exc), [f"{name}: {exc}"], count, silent)
+
+    async def _run_magic_lines(self, lines: list[str], cell_body: str) -> bool:
+        """Run %magic lines in order; True if a cell magic consumed the body."""
+        consumed = False
+        for line in lines:
+            consumed = self._run_magic_line(line, cell_body) or consumed
+        return consumed
 
     async def _execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -273,17 +295,20 @@ class MicroPythonKernel(IPythonKernel):
             if not allow_stdin:
                 return None
             out.flush()
-            return self._input_request(prompt, ident, parent, password=False)
+            return self._ask_front_end(prompt, ident, parent)
 
         job = loop.run_in_executor(self._worker, lambda: board.exec(
             code, on_output=on_output, on_input=on_input, show_value=not silent))
 
-        def flush_while_running() -> None:
-            out.flush()
+        def flush_while_running(interval: float) -> None:
+            # The interval grows while output keeps flowing: prompt at first,
+            # then a few messages a second however long the cell prints.
+            sent = out.flush()
             if not job.done():
-                loop.call_later(FLUSH_INTERVAL, flush_while_running)
+                loop.call_later(interval, flush_while_running,
+                                min(MAX_FLUSH_INTERVAL, interval * 2) if sent else interval)
 
-        loop.call_later(FLUSH_INTERVAL, flush_while_running)
+        loop.call_later(FLUSH_INTERVAL, flush_while_running, FLUSH_INTERVAL)
         previous = self._catch_sigint()
         try:
             result: ExecResult = await job
@@ -346,9 +371,33 @@ class MicroPythonKernel(IPythonKernel):
             signal.signal(signal.SIGINT, previous)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._input_cancelled.set()
         board = self.board
         if board is not None:
             board.interrupt()
+
+    def _ask_front_end(self, prompt: str, ident: Any, parent: Any) -> str | None:
+        """An input_request for the board's input(), answered or interrupted.
+
+        Runs on the board thread. ipykernel's own wait only ends on a
+        KeyboardInterrupt in that thread, which SIGINT never raises there, so
+        the wait is ours: Kernel -> Interrupt ends it and Ctrl-C reaches the board.
+        """
+        self._input_cancelled.clear()
+        while True:  # drop stale replies
+            try:
+                self.stdin_socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+        self.session.send(self.stdin_socket, "input_request", {"prompt": prompt, "password": False},
+                          parent, ident=ident)
+        while not self._input_cancelled.is_set():
+            if self.stdin_socket.poll(100):
+                _, reply = self.session.recv(self.stdin_socket)
+                if reply is not None:
+                    value = reply["content"].get("value", "")
+                    return None if value == "\x04" else value
+        return ""  # the board's input() is being interrupted; its answer no longer matters
 
     # -- magics ------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from ..device import OutputDecoder
 
-FLUSH_INTERVAL = 0.05  # seconds between stream messages while output flows
+FLUSH_INTERVAL = 0.05  # seconds before the first stream message of a cell
+MAX_FLUSH_INTERVAL = 0.5  # the interval doubles up to this while output keeps flowing
 MAX_PENDING = 1 << 20  # flush early past this many characters
 
 
@@ -37,16 +38,18 @@ class StreamCoalescer:
         if big:
             self.flush()
 
-    def flush(self, final: bool = False) -> None:
+    def flush(self, final: bool = False) -> bool:
+        """Send what is pending as one stream message; True if something was sent."""
         with self._lock:
             if final:
                 tail = self._decoder.decode(b"", final=True)
                 if tail:
                     self._pending.append(tail)
             if not self._pending:
-                return
+                return False
             text = "".join(self._pending)
             self._pending.clear()
             self._size = 0
         self.flushes += 1
         self._send(text)
+        return True
