@@ -402,7 +402,8 @@ class FakeBoard(FakeLink):
             if not self.helpers:
                 self.emit(b"\x04" + mp_traceback("NameError", "name '_ek' isn't defined", (("<stdin>", 1, "<module>"),)) + b"\x04>")
                 return
-            self.marker = ast.literal_eval(text[len("_ek.m="):])
+            # _ek.m='\x1e'+str(NNNNN): the marker travels as a number.
+            self.marker = "\x1e" + text.rsplit("(", 1)[1].rstrip(")")
             self.emit(b"\x04\x04>")
             return
         if text.startswith("_ek.run("):
@@ -410,8 +411,10 @@ class FakeBoard(FakeLink):
                 self.emit(b"\x04" + mp_traceback("NameError", "name '_ek' isn't defined", (("<stdin>", 1, "<module>"),)) + b"\x04>")
                 return
             call = ast.parse(text, mode="eval").body
-            marker, source = (ast.literal_eval(a) for a in call.args)
-            self.marker = marker
+            number, source, length = (ast.literal_eval(a) for a in call.args)
+            assert len(source) == length, "the host sent a wrong length"
+            self.marker = "\x1e" + str(number)
+            source = source.rstrip(" ") if len(source) == 11 else source  # padding of short cells
             self.cells.append(source)
             self._finish(self.cell(source), framed=True)
             return

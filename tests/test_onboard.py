@@ -99,7 +99,9 @@ def test_framed_call_round_trips_any_source(source):
     call = onboard.framed_call(m, source)
     node = ast.parse(call.decode(), mode="eval").body
     assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ek.run"
-    assert [ast.literal_eval(a) for a in node.args] == [m.decode(), source]
+    number, sent, length = (ast.literal_eval(a) for a in node.args)
+    assert onboard.MARKER_LEAD + str(number).encode() == m
+    assert sent.rstrip(" ") == source.rstrip(" ") and len(sent) == length  # short cells are padded
     # Only printable ASCII and UTF-8 on the wire: no byte the raw REPL would act on.
     assert not any(b < 0x20 for b in call)
 

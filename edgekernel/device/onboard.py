@@ -25,7 +25,11 @@ import re
 import secrets
 
 MARKER_LEAD = b"\x1e"
-MARKER_LEN = 4  # lead byte + 3 random letters: ~185,000 markers, and few bytes on a 115200-baud wire
+# The marker is the lead byte and a 5-digit number. It travels as an int:
+# MicroPython interns string literals of up to 10 characters for good, so a
+# fresh string marker per cell would leak heap on the board at every cell.
+MARKER_LEN = 6
+MARKER_MIN, MARKER_MAX = 10000, 99999
 NO_STDIN_SUFFIX = "X"
 
 HELPER_SOURCE = """\
@@ -35,9 +39,11 @@ except NameError:
     _ek0 = input
 class _ek:
     m = ''
-    def run(m, s):
-        _ek.m = m
+    def run(n, s, k):
+        m = _ek.m = '\x1e' + str(n)
         try:
+            if len(s) != k:
+                raise OSError('edgekernel: the cell arrived damaged (%d of %d characters): the link drops bytes' % (len(s), k))
             exec(s, _ek.g)
         except BaseException as e:
             if isinstance(e, SystemExit):
@@ -76,12 +82,14 @@ input = _ek.inp
 HELPER_FILE = "<stdin>"
 EXEC_FILE = "<string>"
 
-# The marker's alphabet avoids anything a REPL treats specially.
-_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
-
-
 def new_marker() -> bytes:
-    return MARKER_LEAD + "".join(secrets.choice(_ALPHABET) for _ in range(MARKER_LEN - 1)).encode()
+    return MARKER_LEAD + str(secrets.randbelow(MARKER_MAX - MARKER_MIN + 1) + MARKER_MIN).encode()
+
+
+def _short_literal_padding(source: str) -> str:
+    # Source literals of <= 10 characters would be interned (a leak per new
+    # short cell); trailing spaces keep them longer and change nothing.
+    return source.ljust(11)
 
 
 _LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
@@ -117,12 +125,14 @@ def show_trailing_expression(source: str) -> str:
 
 
 def framed_call(marker: bytes, source: str) -> bytes:
-    """The one-line program that runs `source` inside the helper."""
-    return f"_ek.run({marker.decode()!r},{source!r})".encode()
+    """The one-line program that runs `source` inside the helper (with its
+    length, so a cell damaged by a lossy link is refused instead of run)."""
+    source = _short_literal_padding(source)
+    return f"_ek.run({marker[1:].decode()},{source!r},{len(source)})".encode()
 
 
 def set_marker_call(marker: bytes) -> bytes:
-    return f"_ek.m={marker.decode()!r}".encode()
+    return f"_ek.m='\\x1e'+str({marker[1:].decode()})".encode()
 
 
 STREAM_TRAILER = "\n_ek.done()\n"

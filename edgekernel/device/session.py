@@ -38,12 +38,15 @@ _RESET_SIGNS = (
 )
 _PROMPT_ENDINGS = (RAW_BANNER, b">>> ", b"raw REPL; CTRL-B to exit\n>")
 
-# Code up to this size goes in one plain raw-REPL write: it fits the smallest
-# board receive buffer (ESP8266: 256 bytes) and saves raw-paste's extra round trip.
+# Code up to this size goes in one plain raw-REPL write: it fits the receive
+# buffer of any board with raw-paste (ESP8266: 256 bytes) and saves raw-paste's
+# extra round trip.
 SMALL_CODE = 240
-# Without raw-paste: write in pieces a 256-byte receive buffer can take.
-PACED_CHUNK = 256
-PACED_PAUSE = 0.01
+# Without raw-paste the board has no flow control: write small pieces no faster
+# than a 115200-baud wire would deliver them (the micro:bit keeps 64 bytes and
+# drops the rest; a native-USB board could otherwise be flooded).
+PACED_CHUNK = 16
+PACED_RATE = 11520  # bytes/s
 
 OutputCallback = Callable[[bytes], None]
 InputCallback = Callable[[str], "str | None"]
@@ -216,7 +219,9 @@ class BoardSession:
         if not self._at_prompt:
             self._enter_raw_repl(deadline)
         self._at_prompt = False
-        if len(code) <= SMALL_CODE:
+        if len(code) <= SMALL_CODE and self.raw_paste is not False:
+            # Boards with raw-paste have at least a 256-byte receive buffer; older
+            # ones (the micro:bit keeps 64 bytes) always get paced writes.
             self.link.write(code + b"\x04")
             self._expect_ok(deadline)
             return
@@ -229,9 +234,14 @@ class BoardSession:
             raise CodeTooLarge(
                 f"{len(code):,} bytes of code is more than this board can take without raw-paste "
                 f"(about {limit:,} with {self.free_ram:,} bytes free): split the cell or upload it as a file")
+        next_write = time.monotonic()
         for i in range(0, len(code), PACED_CHUNK):
-            if i:
-                time.sleep(PACED_PAUSE)  # the board's 256-byte receive buffer drops overflow
+            # Each piece waits for the previous one's wire time; a late wake-up is
+            # never made up with a burst, which is what overflows a small buffer.
+            wait = next_write - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            next_write = time.monotonic() + PACED_CHUNK / PACED_RATE
             if self._interrupt_at is not None:
                 # Ctrl-C at the raw prompt cleared what the board had; sending the
                 # rest (or the final \x04) would run a fragment or soft-reset it.
@@ -257,9 +267,12 @@ class BoardSession:
     def _expect_ok(self, deadline: float) -> None:
         self._read_at_least(2, deadline, "acknowledgement of the code")
         # A raw banner may precede OK: the echo of an earlier resync (Ctrl-A).
-        while self._buf.startswith(RAW_BANNER):
-            del self._buf[: len(RAW_BANNER)]
-            self._read_at_least(2, deadline, "acknowledgement of the code")
+        while self._buf.startswith(RAW_BANNER) or (self._buf and RAW_BANNER.startswith(bytes(self._buf))):
+            if self._buf.startswith(RAW_BANNER):
+                del self._buf[: len(RAW_BANNER)]
+                self._read_at_least(2, deadline, "acknowledgement of the code")
+            else:
+                self._read_at_least(len(self._buf) + 1, deadline, "acknowledgement of the code")
         if self._buf[:2] != b"OK":
             got = bytes(self._buf[:60])
             self._buf.clear()
@@ -393,6 +406,7 @@ class BoardSession:
                     result = _Follower(self, marker, framed, on_output, on_input, deadline, filename).run()
             finally:
                 self._running.clear()
+                self._interrupt_at = None
                 if self._resync_after_run:
                     self._at_prompt = False
             if attempt == 1 and _helpers_missing(result):
@@ -543,7 +557,8 @@ class _Follower:
                 self.deadline = float("inf")
                 self.result.timed_out = True
                 s.interrupt()
-            wait = self.deadline - now
+            # Short reads: an interrupt() must be able to start the ladder on time.
+            wait = min(self.deadline - now, 0.25)
             if s._interrupt_at is not None:
                 wait = min(wait, self.escalate(now))
             if self.probe_at is not None:

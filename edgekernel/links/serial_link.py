@@ -103,19 +103,14 @@ class SerialLink(Link):
         ser = self._ser
         try:
             if self._fd is not None:
-                waiting = ser.in_waiting
-                if not waiting:
-                    ready, _, _ = select.select([self._fd], [], [], timeout)
-                    if not ready:
-                        return b""
-                    waiting = ser.in_waiting
-                    if not waiting:
-                        # select says readable but nothing is queued: the port is gone.
-                        data = os.read(self._fd, max_bytes)
-                        if not data:
-                            raise LinkClosed(f"{self.description}: the board disconnected")
-                        return data
-                return ser.read(min(waiting, max_bytes))
+                # One select and one read: pyserial's read() adds ioctls and a second select.
+                ready, _, _ = select.select([self._fd], [], [], timeout)
+                if not ready:
+                    return b""
+                data = os.read(self._fd, max_bytes)
+                if not data:
+                    raise LinkClosed(f"{self.description}: the board disconnected")
+                return data
             if timeout != self._timeout:
                 ser.timeout = timeout
                 self._timeout = timeout
