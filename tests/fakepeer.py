@@ -411,8 +411,8 @@ class FakeBoard(FakeLink):
                 self.emit(b"\x04" + mp_traceback("NameError", "name '_ek' isn't defined", (("<stdin>", 1, "<module>"),)) + b"\x04>")
                 return
             call = ast.parse(text, mode="eval").body
-            number, source, length = (ast.literal_eval(a) for a in call.args)
-            assert len(source) == length, "the host sent a wrong length"
+            number, source, *length = (ast.literal_eval(a) for a in call.args)
+            assert not length or len(source) == length[0], "the host sent a wrong length"
             self.marker = "\x1e" + str(number)
             source = source.rstrip(" ") if len(source) == 11 else source  # padding of short cells
             self.cells.append(source)

@@ -387,7 +387,7 @@ class BoardSession:
                 self._install_helpers(setup_deadline)
             framed = len(source.encode()) <= self.framed_limit
             if framed:
-                program = onboard.framed_call(marker, source)
+                program = onboard.framed_call(marker, source, check_length=self.raw_paste is not True)
             else:
                 self._run_native(onboard.set_marker_call(marker), setup_deadline)
                 program = (source + onboard.STREAM_TRAILER).encode()
