@@ -26,6 +26,7 @@ from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClos
                       board_text)
 from ..ports import auto_port, list_serial_ports
 from . import introspect
+from .background import BackgroundJob
 from .magics import MagicError, MagicHelp, MagicRegistry, split_leading_magics
 from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer
 
@@ -113,6 +114,7 @@ class MicroPythonKernel(IPythonKernel):
         self.last_output = b""
         self._reconnect = self._read_state()
         self.signatures = introspect.SignatureIndex()
+        self.bg_job: BackgroundJob | None = None
         self._input_cancelled = threading.Event()
         if self.shell is not None:
             self.shell.user_ns["board"] = BoardHandle(self)
@@ -144,7 +146,12 @@ class MicroPythonKernel(IPythonKernel):
 
     # -- connection ----------------------------------------------------------------
 
+    def check_board_free(self) -> None:
+        if self.bg_job is not None and self.bg_job.running:
+            raise HostError("BoardBusy", "board busy: a %%bg job is running (%bg shows it, %bg stop ends it)")
+
     def require_board(self) -> BoardSession:
+        self.check_board_free()
         if self.board is None or self.board.closed:
             self.board = None
             self._auto_connect()
@@ -173,6 +180,7 @@ class MicroPythonKernel(IPythonKernel):
         raise HostError("NotConnected", f"no board connected: run %serialconnect --port PATH (boards found: {found})")
 
     def connect(self, port: str, baud: int, *, soft_reset: bool = False, note: str | None = None) -> None:
+        self.check_board_free()
         self.disconnect()
         link_options = {"esp_reset_lines": self.profile["esp_reset_lines"]} if "://" not in port else {}
         board = BoardSession.open(port, baud, log=self._log_board_bytes, link_options=link_options)
@@ -196,6 +204,7 @@ class MicroPythonKernel(IPythonKernel):
         self.connect(self.emulator.port, 115200)
 
     def disconnect(self) -> None:
+        self.check_board_free()
         board, self.board = self.board, None
         if board is not None:
             try:
@@ -272,6 +281,7 @@ class MicroPythonKernel(IPythonKernel):
 
     async def _execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
+        self.check_board_free()
         board = self.board
         if board is None or board.closed:
             board = await loop.run_in_executor(self._worker, self.require_board)
@@ -446,6 +456,9 @@ class MicroPythonKernel(IPythonKernel):
     # -- shutdown -------------------------------------------------------------------------
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        if self.bg_job is not None and self.bg_job.running:
+            self.bg_job.stop()
+        self.bg_job = None  # shutting down: the board is released whatever the job did
         if not restart:
             self._write_state(None)
         self.disconnect()
@@ -521,6 +534,35 @@ def _lsmagic(kernel: MicroPythonKernel, args: Any, body: str) -> None:
 def _output(kernel: MicroPythonKernel, args: Any, body: str) -> None:
     kernel.say(board_text(kernel.last_output) or "(the last board cell printed nothing)\n")
     kernel.say(f"[every byte the board sent is in {kernel.log_path}]\n", name="stderr")
+
+
+@magics.add("bg", "run the cell on the board in the background; %bg shows it, %bg stop ends it", cell=True)
+def _bg_cell(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    board = kernel.require_board()
+    if not body.strip():
+        raise HostError("UsageError", "%%bg needs code after its line")
+    kernel.bg_job = BackgroundJob(board, body)
+    kernel.say("started in the background: the board is busy until it ends "
+               "(%bg shows its output, %bg stop ends it)\n")
+
+
+def _bg_args(p: Any) -> None:
+    p.add_argument("action", nargs="?", choices=["status", "stop"], default="status")
+    p.add_argument("--lines", type=int, default=20, help="how many of the latest output lines to show")
+
+
+@magics.add("bg", "show the background job (status and latest output), or stop it", arguments=_bg_args)
+def _bg_line(kernel: MicroPythonKernel, args: Any, body: str) -> None:
+    job = kernel.bg_job
+    if job is None:
+        kernel.say("no background job: start one with %%bg\n")
+        return
+    if args.action == "stop" and job.running:
+        job.stop()
+    kernel.say(f"background job {job.status()}\n")
+    text = job.output_text(args.lines)
+    if text:
+        kernel.say(text if text.endswith("\n") else text + "\n")
 
 
 @magics.add("local", "run the cell in host IPython (pandas, matplotlib, widgets); `board.eval(expr)` brings board values", cell=True)

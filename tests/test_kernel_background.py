@@ -1,0 +1,67 @@
+"""%%bg: board cells that run in the background while the notebook stays usable."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kernel_fixtures import (Boards, Kernels, boards, kernel_env, kernels,  # noqa: F401
+                             no_leftover_processes)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _checked_for_leftovers(no_leftover_processes: None) -> None:
+    """Set up before (so torn down after) every other fixture of the module."""
+
+
+@pytest.fixture(scope="module")
+def kernel(boards: Boards, kernels: Kernels):
+    board = boards.start("unix")
+    kernel = kernels.start("micropython", port=board.port, name="micropython/bg")
+    kernel.ok("None")
+    yield kernel
+    kernels.shutdown(kernel)
+    boards.stop(board)
+
+
+def _wait_for(kernel, text: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while time.monotonic() < deadline:
+        shown = kernel.ok("%bg").stream()
+        if text in shown:
+            return shown
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in %bg: {shown!r}")
+
+
+def test_background_job_returns_at_once_and_keeps_its_output(kernel) -> None:
+    started = time.monotonic()
+    run = kernel.ok("%%bg\nimport time\nfor i in range(30):\n    print('tick', i)\n    time.sleep(0.05)\n'done'")
+    assert time.monotonic() - started < 1.0, "the %%bg cell waited for the job"
+    assert "background" in run.stream()
+    # The notebook stays usable: host cells and magics run while the board works.
+    assert kernel.ok("%%local\n6 * 7").result_text == "42"
+    # Board cells get a clear "board busy" error instead of a hang.
+    busy = kernel.execute("print('hi')")
+    assert busy.status == "error" and "busy" in busy.content["evalue"] and "%bg" in busy.content["evalue"]
+    shown = _wait_for(kernel, "finished")
+    assert "tick 29" in shown and "'done'" in shown
+    # The board is free again.
+    assert kernel.ok("print('free')").stream() == "free\n"
+
+
+def test_background_job_can_be_stopped(kernel) -> None:
+    kernel.ok("%%bg\nn = 0\nwhile True:\n    n += 1")
+    assert "running" in kernel.ok("%bg").stream()
+    stopped = kernel.ok("%bg stop").stream()
+    assert "stopped" in stopped
+    # The board kept its state: the loop's counter is there.
+    assert int(kernel.ok("n").result_text) > 0
+
+
+def test_bg_without_a_job_and_with_bad_options(kernel) -> None:
+    bad = kernel.execute("%bg --bogus")
+    assert bad.status == "error" and "--bogus" in bad.content["evalue"]
