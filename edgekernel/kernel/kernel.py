@@ -27,7 +27,8 @@ from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClos
 from ..ports import auto_port, list_serial_ports
 from . import introspect
 from .background import BackgroundJob
-from .magics import MagicError, MagicHelp, MagicRegistry, split_leading_magics
+from .magics import REGISTRY as magics
+from .magics import HostError, MagicError, MagicHelp, split_leading_magics
 from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer
 
 PROFILE_ENV = "EDGEKERNEL_PROFILE"
@@ -40,18 +41,6 @@ PROFILES: dict[str, dict[str, Any]] = {
     "serial": {"display": "MicroPython (serial)", "prefer_esp": False, "esp_reset_lines": False},
     "emulator": {"display": "MicroPython (emulated board)", "prefer_esp": False, "esp_reset_lines": False},
 }
-
-magics = MagicRegistry()
-
-
-class HostError(Exception):
-    """A failure on the host side, reported to the front end as an error reply."""
-
-    def __init__(self, ename: str, evalue: str) -> None:
-        super().__init__(evalue)
-        self.ename = ename
-        self.evalue = evalue
-
 
 class BoardHandle:
     """What `%%local` cells see as `board`: values move as data, never eval'd text.
@@ -227,7 +216,7 @@ class MicroPythonKernel(IPythonKernel):
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
         store_history = store_history and not silent  # the messaging spec: silent forces it off
         self._parent_header_for_output = None if silent else self.get_parent("shell")
-        magic_lines, rest = split_leading_magics(code)
+        magic_lines, rest = split_leading_magics(code, magics.body_magics)
         if magic_lines and magic_lines[-1].split()[0] == "%%local":
             # Host IPython cell: counts, history and errors as IPython does them.
             count = self.shell.execution_count

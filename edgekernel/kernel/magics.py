@@ -20,6 +20,15 @@ class MagicHelp(Exception):
     """--help was asked for; the message is the help text."""
 
 
+class HostError(Exception):
+    """A failure on the host side, reported to the front end as an error reply."""
+
+    def __init__(self, ename: str, evalue: str) -> None:
+        super().__init__(evalue)
+        self.ename = ename
+        self.evalue = evalue
+
+
 class MagicParser(argparse.ArgumentParser):
     """argparse that reports errors instead of exiting the kernel."""
 
@@ -61,14 +70,19 @@ class MagicRegistry:
     def __init__(self) -> None:
         self.magics: dict[str, Magic] = {}
 
-    def add(self, name: str, summary: str, *, cell: bool = False,
+    def add(self, name: str, summary: str, *, cell: bool = False, takes_body: bool = False,
             arguments: Callable[[MagicParser], None] | None = None) -> Callable[[Handler], Handler]:
-        """Decorator registering `handler` as %name (or %%name with cell=True)."""
+        """Decorator registering `handler` as %name (or %%name with cell=True).
+
+        takes_body: a %line magic that, as a cell's first line, takes the rest
+        of the cell as its body (like %sendtofile).
+        """
         def register(handler: Handler) -> Handler:
             parser = MagicParser(("%" if cell else "") + name, summary)
             if arguments:
                 arguments(parser)
-            self.magics[("%" if cell else "") + name] = Magic(name, summary, parser, handler, cell)
+            key = ("%" if cell else "") + name
+            self.magics[key] = Magic(name, summary, parser, handler, cell or takes_body)
             return handler
         return register
 
@@ -76,16 +90,22 @@ class MagicRegistry:
         """`word` is what follows the first '%' of a line ('name' or '%name')."""
         return self.magics.get(word)
 
+    @property
+    def body_magics(self) -> frozenset[str]:
+        """Names of %line magics that take the rest of the cell."""
+        return frozenset(k for k, m in self.magics.items() if m.is_cell and not k.startswith("%"))
+
     def summary_lines(self) -> list[str]:
         width = max(len(k) for k in self.magics) + 2
         return [f"%{key:<{width}}{m.summary}" for key, m in sorted(self.magics.items(), key=lambda kv: kv[0].lstrip("%"))]
 
 
-def split_leading_magics(code: str) -> tuple[list[str], str]:
+def split_leading_magics(code: str, body_magics: frozenset[str] = frozenset()) -> tuple[list[str], str]:
     """Split a cell into its leading %magic lines and the code after them.
 
     Blank lines and comments between leading magics are skipped. A %%cell
-    magic ends the scan: everything after its line is its body.
+    magic, or a %line magic named in body_magics, ends the scan: everything
+    after its line is its body, verbatim.
     """
     lines = code.split("\n")
     magics: list[str] = []
@@ -95,7 +115,7 @@ def split_leading_magics(code: str) -> tuple[list[str], str]:
         if stripped.startswith("%"):
             magics.append(stripped)
             i += 1
-            if stripped.startswith("%%"):
+            if stripped.startswith("%%") or stripped[1:].split(" ", 1)[0] in body_magics:
                 break
         elif not stripped or (stripped.startswith("#") and magics):
             i += 1
@@ -104,5 +124,11 @@ def split_leading_magics(code: str) -> tuple[list[str], str]:
     if not magics:
         return [], code
     # Keep line numbers of board code matching the cell: blank out consumed lines.
-    rest = "\n" * i + "\n".join(lines[i:]) if not magics[-1].startswith("%%") else "\n".join(lines[i:])
-    return magics, rest
+    last = magics[-1]
+    if last.startswith("%%") or last[1:].split(" ", 1)[0] in body_magics:
+        return magics, "\n".join(lines[i:])
+    return magics, "\n" * i + "\n".join(lines[i:])
+
+
+#: The kernel's magics (registered by kernel.py and file_magics.py).
+REGISTRY = MagicRegistry()
