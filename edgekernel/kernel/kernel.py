@@ -25,6 +25,7 @@ from .. import __version__
 from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
                       board_text)
 from ..ports import auto_port, list_serial_ports
+from . import firmware_magics  # noqa: F401  (registers %mpy-cross and %esptool)
 from . import introspect
 from .background import BackgroundJob
 from .magics import REGISTRY as magics
