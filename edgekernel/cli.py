@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from . import __version__
@@ -142,6 +143,150 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressBar:
+    """A one-line progress bar on stderr for transfers that take a while (terminals only)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shown = False
+        self.start = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0 or (not self.shown and time.monotonic() - self.start < 0.5):
+            return
+        self.shown = True
+        width = 30
+        filled = width * done // total
+        rate = done / max(time.monotonic() - self.start, 1e-6)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done:,}/{total:,} B {rate / 1000:.1f} kB/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _files(board: BoardSession):
+    from .device.files import BoardFiles
+    return BoardFiles(board)
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        files = _files(board)
+        if os.path.isdir(args.local):
+            dest = args.dest or os.path.basename(os.path.abspath(args.local))
+            for path, what in files.put_tree(args.local, dest):
+                print(f"{what:<7} {path}")
+            return 0
+        dest = args.dest or os.path.basename(args.local)
+        if dest.endswith("/"):
+            dest += os.path.basename(args.local)
+        bar = _ProgressBar(dest)
+        try:
+            n = files.put(args.local, dest, progress=bar)
+        finally:
+            bar.close()
+        print(f"{n:,} bytes written to {dest} (verified)")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    local = args.local or os.path.basename(args.src.rstrip("/"))
+    if os.path.isdir(local):
+        local = os.path.join(local, os.path.basename(args.src))
+    with _open(args) as board:
+        bar = _ProgressBar(args.src)
+        try:
+            data = _files(board).get(args.src, progress=bar)
+        finally:
+            bar.close()
+    with open(local, "wb") as f:
+        f.write(data)
+    print(f"{len(data):,} bytes read into {local} (verified)")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        for e in _files(board).ls(args.dir, long=args.long):
+            if args.long:
+                print(f"{'dir' if e.is_dir else e.size if e.size is not None else '?':>10}  {e}")
+            else:
+                print(e)
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        _write_output(_files(board).cat(args.file))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        _files(board).rm(args.path, recursive=args.recursive)
+    return 0
+
+
+def cmd_mkdir(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        _files(board).mkdir(args.path)
+    return 0
+
+
+def cmd_df(args: argparse.Namespace) -> int:
+    with _open(args) as board:
+        files = _files(board)
+        free, total = files.df(args.dir)
+        print(f"{'total':>12} {'used':>12} {'free':>12}  heap free")
+        print(f"{total:>12,} {total - free:>12,} {free:>12,}  {files.meminfo():,}")
+    return 0
+
+
+def _add_file_commands(sub) -> None:
+    p = sub.add_parser("put", help="copy a local file (or directory, skipping unchanged files) to the board, verified")
+    _add_port_arguments(p)
+    p.add_argument("local", help="local file or directory")
+    p.add_argument("dest", nargs="?", help="path on the board (default: the local name, in the current directory)")
+    p.set_defaults(func=cmd_put)
+
+    p = sub.add_parser("get", help="copy a file from the board, verified")
+    _add_port_arguments(p)
+    p.add_argument("src", help="path on the board")
+    p.add_argument("local", nargs="?", help="local path (default: the board file's name)")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("ls", help="list a directory on the board")
+    _add_port_arguments(p)
+    p.add_argument("-l", "--long", action="store_true", help="show sizes")
+    p.add_argument("dir", nargs="?", default=".", help="directory on the board (default: current)")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("cat", help="print a file from the board")
+    _add_port_arguments(p)
+    p.add_argument("file")
+    p.set_defaults(func=cmd_cat)
+
+    p = sub.add_parser("rm", help="remove a file (or with -r a directory tree) on the board")
+    _add_port_arguments(p)
+    p.add_argument("-r", "--recursive", action="store_true")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("mkdir", help="make a directory on the board")
+    _add_port_arguments(p)
+    p.add_argument("path")
+    p.set_defaults(func=cmd_mkdir)
+
+    p = sub.add_parser("df", help="free and total space of the board's filesystem, and free heap")
+    _add_port_arguments(p)
+    p.add_argument("dir", nargs="?", default=".")
+    p.set_defaults(func=cmd_df)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekernel", description="MicroPython boards from the shell and Jupyter")
     parser.add_argument("--version", action="version", version=f"edgekernel {__version__}")
@@ -166,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_port_arguments(p)
     p.add_argument("--hard", action="store_true", help="reset the chip through the serial adapter's DTR/RTS")
     p.set_defaults(func=cmd_reset)
+
+    _add_file_commands(sub)
 
     p = sub.add_parser("install", help="install the Jupyter kernelspecs (MicroPython ESP8266, serial, emulated)")
     where = p.add_mutually_exclusive_group()

