@@ -86,9 +86,9 @@ def _ekc():
   except:
    r[k]=0
  import sys,gc
- for k,s in (('stdin',sys.stdin),('stdout',sys.stdout)):
+ for k in ('stdin','stdout'):
   try:
-   s.buffer;r[k]=1
+   getattr(sys,k).buffer;r[k]=1
   except:
    r[k]=0
  gc.collect();r['free_ram']=gc.mem_free()
@@ -411,10 +411,20 @@ class BoardFiles:
         if append:
             return f"the file on the board is kept and is damaged after byte {s0:,}"
         try:
-            self._run(f"import os\nos.remove({dest!r})\n", f"rm {dest}")
-            return "the damaged file was removed from the board"
+            self._run(f"import os\ntry:\n os.remove({dest!r})\nexcept OSError:\n pass\n", f"rm {dest}")
         except DeviceError:
-            return "the damaged file is still on the board: remove it"
+            pass
+        return self._what_is_left(dest, "damaged")
+
+    def _what_is_left(self, dest: str, kind: str) -> str:
+        """Say, from the board's own answer, whether `dest` still exists."""
+        try:
+            out = self._run(f"try:\n f=open({dest!r},'rb');f.close();print('=1')\nexcept OSError:\n print('=0')\n",
+                            f"check {dest}")
+            exists = bool(_after_eq(out))
+        except DeviceError:
+            return f"the {kind} file may still be on the board: check with ls"
+        return f"the {kind} file is still on the board: remove it" if exists else f"the {kind} file was removed from the board"
 
     def _stream_params(self) -> tuple[int, int, int]:
         """(window, board buffer size, deflate window bits or 0)."""
@@ -540,9 +550,14 @@ class BoardFiles:
                 self._run("try:\n _ekf.close()\nexcept:\n pass\n", "close")
             except DeviceError:
                 pass
-            left = (self._remove_after_failure(dest, append, s0) if not append
-                    else f"the file on the board is kept with part of the data appended after byte {s0:,}")
-            left = left.replace("damaged", "partial")
+            if append:
+                left = f"the file on the board is kept with part of the data appended after byte {s0:,}"
+            else:
+                try:
+                    self._run(f"import os\ntry:\n os.remove({dest!r})\nexcept OSError:\n pass\n", f"rm {dest}")
+                except DeviceError:
+                    pass
+                left = self._what_is_left(dest, "partial")
             raise FileTransferError(f"put {dest} failed on the board: {why}; {left}") from None
         out = self._run(_VERIFY.replace("{hash}", self._hash_code).replace("{args}", f"{dest!r},{s0}"),
                         f"verify {dest}", timeout=120)
