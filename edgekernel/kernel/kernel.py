@@ -25,7 +25,7 @@ from .. import __version__
 from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
                       board_text)
 from ..ports import auto_port, list_serial_ports
-from . import firmware_magics  # noqa: F401  (registers %mpy-cross and %esptool)
+from . import file_magics, firmware_magics  # noqa: F401  (they register their magics)
 from . import introspect
 from .background import BackgroundJob
 from .magics import REGISTRY as magics
@@ -105,6 +105,7 @@ class MicroPythonKernel(IPythonKernel):
         self._reconnect = self._read_state()
         self.signatures = introspect.SignatureIndex()
         self.bg_job: BackgroundJob | None = None
+        self.pending_payload: list[dict[str, Any]] = []  # e.g. set_next_input from %fetchfile --load
         self._input_cancelled = threading.Event()
         if self.shell is not None:
             self.shell.user_ns["board"] = BoardHandle(self)
@@ -242,8 +243,12 @@ class MicroPythonKernel(IPythonKernel):
                 return await self._execute_on_board(body, silent, allow_stdin, count)
             return None
 
+        self.pending_payload = []
         reply = await self._host_side(board_cell(), count, silent)
-        return reply or {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+        reply = reply or {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
+        if self.pending_payload and reply["status"] == "ok":
+            reply["payload"] = self.pending_payload
+        return reply
 
     async def _host_side(self, work: Any, count: int, silent: bool) -> dict[str, Any] | None:
         """Await `work`; turn every host-side failure into an error reply (never silence)."""
