@@ -22,7 +22,7 @@ from ipykernel.ipkernel import IPythonKernel
 from jupyter_core.paths import jupyter_runtime_dir
 
 from .. import __version__
-from ..device import (BoardBusy, BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
+from ..device import (BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
                       board_text)
 from ..ports import auto_port, list_serial_ports
 from . import file_magics, firmware_magics  # noqa: F401  (they register their magics)
