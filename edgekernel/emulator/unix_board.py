@@ -20,7 +20,11 @@ the unix port differs from a board (all measured with MicroPython 1.29 from jonn
   board does (cancel the line; abort a raw-paste upload). If the byte stream says code was just
   submitted but MicroPython has not started it yet, the wrapper waits (up to 1 s) for the handler
   instead of losing the interrupt: a little kinder than a real board, where that ``\\x03`` would
-  land in the input buffer. Repeated ``\\x03`` within 100 ms of a SIGINT are merged into it.
+  land in the input buffer. It waits only while no program has started since the last prompt: once
+  the handler was seen installed, or (raw REPL) the board printed anything after its ``OK`` /
+  raw-paste ``\\x04`` acknowledgement, a ``\\x03`` with no handler installed means the program
+  turned it off (``micropython.kbd_intr(-1)``) or has just finished, and the byte is data at once,
+  as on a board. Repeated ``\\x03`` within 100 ms of a SIGINT are merged into it.
 * **Flash.** The process runs with ``--flash DIR`` as its working directory and
   ``MICROPYPATH=:.frozen:lib`` (a board's ``sys.path``). Absolute paths still reach the host's ``/``.
 * **Hard reset** (:meth:`UnixBoard.hard_reset`): kill, print ROM-like garbage (an ESP8266's ROM talks
@@ -200,6 +204,9 @@ class UnixBoard:
         self._intr_timer: asyncio.TimerHandle | None = None
         self._held = bytearray()  # input that arrived while a Ctrl-C waits for the SIGINT handler
         self._last_sigint = 0.0
+        # Has the submitted program started since the last prompt? (see _track_output, _try_sigint)
+        self._started = False
+        self._since_submit: bytearray | None = None  # raw REPL output since code was submitted
         self._prompt = asyncio.Event()
         self._boot_log = bytearray()  # output before the first prompt, for start-up errors
         self._failure: str | None = None
@@ -304,6 +311,7 @@ class UnixBoard:
         self._out_r = r
         self._out_reading = False
         self._busy = True
+        self._started, self._since_submit = False, None
         self._exited.clear()
         self._pidfd = os.pidfd_open(self._proc.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
@@ -414,6 +422,13 @@ class UnixBoard:
             self._sink.tx(data)
 
     def _track_output(self, data: bytes) -> None:
+        if self._since_submit is not None and not self._started:
+            # Raw REPL: "OK" (raw) or "\x04" (raw-paste ack) comes before the program runs, and
+            # anything after it is the running program's (or the end of its run): it has started.
+            self._since_submit += data
+            marks = [i + len(m) for m in (b"OK", b"\x04") if (i := self._since_submit.find(m)) >= 0]
+            if (marks and len(self._since_submit) > min(marks)) or len(self._since_submit) > 4096:
+                self._started, self._since_submit = True, None
         buf = self._out_tail + data
         raw_at, friendly_at = buf.rfind(RAW_BANNER), buf.rfind(FRIENDLY_MARK)
         if raw_at > friendly_at:
@@ -426,6 +441,7 @@ class UnixBoard:
             idle = buf.endswith((b">>> ", b"... ", b"=== "))
         if idle:
             self._busy = False
+            self._started, self._since_submit = False, None
             self._last_sigint = 0.0  # merging Ctrl-Cs applies within one run only
             if self._phase == "running" and not self._prompt.is_set():
                 self._prompt.set()
@@ -483,6 +499,9 @@ class UnixBoard:
     def _track_input(self, data: bytes) -> None:
         # Code starts running after \x04 (raw, raw-paste, paste mode) or Enter (friendly).
         if (b"\x04" in data) if self.mode == "raw" else (b"\r" in data or b"\n" in data or b"\x04" in data):
+            if not self._busy:
+                self._started = False
+                self._since_submit = bytearray() if self.mode == "raw" else None
             self._busy = True
 
     def _flush_in(self) -> None:
@@ -524,7 +543,7 @@ class UnixBoard:
             return
         if self._try_sigint():
             return
-        if self._busy:
+        if self._busy and not self._started:  # submitted, handler not installed yet: wait for it
             self._intr_pending_until = now + INTERRUPT_WAIT_S
             self._intr_timer = self._loop.call_later(0.001, self._retry_interrupt)
             return
@@ -534,8 +553,9 @@ class UnixBoard:
         self._intr_timer = None
         if self._try_sigint():
             pass
-        elif not self._busy or time.monotonic() > self._intr_pending_until:
-            self._accept(b"\x03")  # the code finished first: the byte is plain input now
+        elif not self._busy or self._started or time.monotonic() > self._intr_pending_until:
+            # The code finished first, or it started and runs with kbd_intr(-1): plain input now.
+            self._accept(b"\x03")
         else:
             self._intr_timer = self._loop.call_later(0.001, self._retry_interrupt)
             return
@@ -574,6 +594,7 @@ class UnixBoard:
             except ProcessLookupError:
                 pass
         if caught:
+            self._started, self._since_submit = True, None
             self._last_sigint = time.monotonic()
             self.stats["sigint"] += 1
         return caught
