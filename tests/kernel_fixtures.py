@@ -506,3 +506,14 @@ def fresh_boards() -> Iterator[Boards]:
 def board_snippets(kind: str) -> dict[str, str]:
     """Board code that may differ between ports (the micro:bit's 1.9.2 has utime as `time` too)."""
     return {"sleep_ms": "from time import sleep_ms"}
+
+
+@pytest.fixture(scope="module")
+def unix_board_and_kernel(boards: Boards, kernels: Kernels, request: pytest.FixtureRequest):
+    """One emulated unix board and a "micropython" kernel connected to it, for a module's tests."""
+    board = boards.start("unix")
+    kernel = kernels.start("micropython", port=board.port, name=f"micropython/{request.module.__name__}")
+    kernel.ok("None")
+    yield board, kernel
+    kernels.shutdown(kernel)
+    boards.stop(board)

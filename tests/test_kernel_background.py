@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from kernel_fixtures import (Boards, Kernels, boards, kernel_env, kernels,  # noqa: F401
-                             no_leftover_processes)
+from kernel_fixtures import (boards, kernel_env, kernels, no_leftover_processes,  # noqa: F401
+                             unix_board_and_kernel)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -17,13 +17,8 @@ def _checked_for_leftovers(no_leftover_processes: None) -> None:
 
 
 @pytest.fixture(scope="module")
-def kernel(boards: Boards, kernels: Kernels):
-    board = boards.start("unix")
-    kernel = kernels.start("micropython", port=board.port, name="micropython/bg")
-    kernel.ok("None")
-    yield kernel
-    kernels.shutdown(kernel)
-    boards.stop(board)
+def kernel(unix_board_and_kernel):
+    return unix_board_and_kernel[1]
 
 
 def _wait_for(kernel, text: str, timeout: float = 20.0) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_fixtures import (Boards, Kernels, boards, kernel_env, kernels,  # noqa: F401
-                             no_leftover_processes)
+from kernel_fixtures import (boards, kernel_env, kernels, no_leftover_processes,  # noqa: F401
+                             unix_board_and_kernel)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -18,13 +18,8 @@ def _checked_for_leftovers(no_leftover_processes: None) -> None:
 
 
 @pytest.fixture(scope="module")
-def board_and_kernel(boards: Boards, kernels: Kernels):
-    board = boards.start("unix")
-    kernel = kernels.start("micropython", port=board.port, name="micropython/files")
-    kernel.ok("None")
-    yield board, kernel
-    kernels.shutdown(kernel)
-    boards.stop(board)
+def board_and_kernel(unix_board_and_kernel):
+    return unix_board_and_kernel
 
 
 def test_sendtofile_writes_the_cell_and_the_board_runs_it(board_and_kernel) -> None:
