@@ -46,6 +46,8 @@ TX_FIFO = 256
 HOST_TX_BUFFER = 4096
 #: Without a wire model: board output queued for a slow host above which the board is paused.
 UNPACED_OUT_LIMIT = 65536
+#: A message whose last byte is due this soon is delivered at that exact time (see _on_timer).
+PRECISE_TAIL_S = 0.0015
 #: How often to look for a host while nobody has the pty open.
 HANGUP_POLL_S = 0.01
 
@@ -117,6 +119,13 @@ class Wire:
                 break
             self._chunks.popleft()
         return bytes(out)
+
+    def last_arrival(self) -> float | None:
+        """When the last byte queued so far will have arrived."""
+        if not self._chunks:
+            return None
+        start, data, _ = self._chunks[-1]
+        return start + len(data) * self.byte_time + self.latency
 
     def next_arrival(self) -> float | None:
         if not self._chunks:
@@ -322,6 +331,14 @@ class Link:
     def _on_timer(self) -> None:
         self._timer = None
         now = time.monotonic()
+        # The event loop's timers fire up to ~1 ms late (epoll's millisecond
+        # timeouts). When a message's last byte is due within PRECISE_TAIL_S,
+        # sleep until exactly then, so a command/answer turn costs its wire time
+        # and not an extra millisecond each way. Never early.
+        tails = [t for t in (self.down.last_arrival(), self.up.last_arrival()) if t is not None]
+        if tails and min(tails) - now <= PRECISE_TAIL_S:
+            time.sleep(max(0.0, min(tails) - now))
+            now = time.monotonic()
         down = self.down.take_due(now)
         if down:
             self.stats["to_board"] += len(down)
