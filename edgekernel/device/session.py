@@ -24,7 +24,6 @@ from .errors import BoardBusy, BoardNotResponding, CodeTooLarge, DeviceError
 from .result import BoardException, ExecResult, InterruptReport, parse_traceback
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
-FRIENDLY_PROMPT = b"\r\n>>> "
 SOFT_REBOOT = b"soft reboot\r\n"
 TRACEBACK_HEAD = b"Traceback (most recent call last):"
 NATIVE_END = b"\x04>"
@@ -152,11 +151,6 @@ class BoardSession:
                         f"{self.link.description}: no {what} from the board "
                         f"(last bytes received: {bytes(self._buf[-60:])!r}); "
                         "is it a MicroPython board at this baud rate?")
-
-    def _drain(self, quiet: float) -> None:
-        while self._read_more(quiet):
-            pass
-        self._buf.clear()
 
     # -- raw REPL entry --------------------------------------------------------
 

@@ -282,7 +282,6 @@ class MicroPythonKernel(IPythonKernel):
             board = await loop.run_in_executor(self._worker, self.require_board)
         parent = self.get_parent("shell")
         ident = self._get_shell_context_var(self._shell_parent_ident)
-        self._parent_header_for_output = None if silent else parent
 
         def send_stream(text: str) -> None:
             self.session.send(self.iopub_socket, "stream", {"name": "stdout", "text": text},
