@@ -42,3 +42,36 @@ def unix_session():
         session.close()
         link.close()
         assert link.proc.poll() is not None, f"micropython pid {link.proc.pid} still running"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def mosquitto():
+    """A mosquitto broker on 127.0.0.1 (random port, set_tcp_nodelay), stopped by PID afterwards."""
+    from edgekernel.mqtt.broker import mosquitto_path, start_mosquitto
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
+    broker = start_mosquitto()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        assert _gone(broker.pid), f"mosquitto pid {broker.pid} still running"
+
+
+@pytest.fixture
+def amqtt_broker():
+    """amqtt's broker in a thread of the test process on 127.0.0.1 (random port)."""
+    from edgekernel.mqtt.broker import start_amqtt
+    broker = start_amqtt()
+    try:
+        yield broker
+    finally:
+        broker.stop()
