@@ -162,16 +162,17 @@ class TelemetryMagics(Magics):
         self.address = address
         print(f"%mqtt uses {address.url} from now on")
 
-    def _broker(self, args: argparse.Namespace) -> None:
+    def _broker(self, args: argparse.Namespace) -> str | None:
         from edgekernel.mqtt.broker import free_port, start_amqtt
         if args.action == "start":
             if self.broker is not None:
                 print(f"a broker is already running at {self.broker.url}")
-                return
+                return self.broker.url
             port = args.port or _port_if_free(1883) or free_port()
             self.broker = start_amqtt(port)
             self.address = mq.parse_broker_url(self.broker.url)
             print(f"amqtt broker running at {self.broker.url} (loopback only); %mqtt uses it from now on")
+            return self.broker.url
         else:
             if self.broker is None:
                 raise mq.TelemetryError("no broker was started here: %mqtt broker start starts one")
@@ -181,6 +182,7 @@ class TelemetryMagics(Magics):
             if self.address is not None and self.address.url == url:
                 self.address = None
             print(f"broker at {url} stopped")
+        return None
 
     # -- recordings ---------------------------------------------------------------------
     def _sub(self, args: argparse.Namespace) -> None:

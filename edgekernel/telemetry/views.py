@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
 from .recording import Recording, numeric_columns
@@ -43,6 +44,7 @@ def render_plot(frame: pd.DataFrame, ys: list[str] | None, title: str) -> bytes:
     axes.set_title(f"{title}: {len(frame)} messages" if len(frame) else f"{title}: waiting for messages")
     if lines:
         axes.legend(loc="upper left", fontsize="small")
+    axes.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
     figure.autofmt_xdate()
     figure.tight_layout()
     out = io.BytesIO()
