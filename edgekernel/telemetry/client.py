@@ -86,10 +86,9 @@ def password_from_env(var: str) -> str:
     return value
 
 
-_REFUSALS = {
-    4: "refused the user name or password: check the user and --password-env",
-    5: "refused the login (not authorised): check the user and the broker's ACL",
-}
+# mosquitto answers a wrong password with 5 (not authorised) as often as with 4: say both.
+_LOGIN_REFUSED = "refused the login (bad user name or password, or not authorised): check the user and --password-env"
+_REFUSALS = {4: _LOGIN_REFUSED, 5: _LOGIN_REFUSED}
 
 
 def connect(address: BrokerAddress, *, client_id: str | None = None, timeout: float = CONNECT_TIMEOUT,
@@ -131,7 +130,7 @@ def connect(address: BrokerAddress, *, client_id: str | None = None, timeout: fl
         why = _REFUSALS.get(code, f"refused the connection ({reason})")
         # MQTT 3.1.1 return codes map onto paho's v5 reason codes: 134/135 = bad login/not authorised.
         if code in (134, 135):
-            why = _REFUSALS[4 if code == 134 else 5]
+            why = _LOGIN_REFUSED
         raise TelemetryError(f"the MQTT broker at {address.url} {why}")
     return client
 
