@@ -229,6 +229,7 @@ def measure_ingest(duration: float = 30.0, *, publisher: str = "paho", broker: R
             "plot_updates": plot_updates, "plot_updates_per_s": round(plot_updates / (duration + WARMUP), 2),
             "kernel_errors": kernel.other_outputs,
             "rss_mb_every_5s": [round(r, 1) for _, _, r in samples[::5]],
+            "msg_per_s_every_s": [round(r) for r in per_second],
         }
     finally:
         kernel.close()

@@ -257,7 +257,9 @@ class TelemetryMagics(Magics):
             views = [v for v in self.refresher.views if v.recording is active.recording]
             seconds = time.monotonic() - active.started
             rows.append({"name": name, "topics": " ".join(active.recording.topics),
-                         "recording": active.subscription is not None, "rows": len(active.recording),
+                         "recording": active.subscription is not None,
+                         "connected": active.subscription is not None and active.subscription.client.is_connected(),
+                         "rows": len(active.recording),
                          "received": active.recording.received,
                          "msg/s": round(active.recording.received / seconds, 1) if seconds else 0.0,
                          "views": len(views), "csv": ", ".join(r.path for r in active.csv),
