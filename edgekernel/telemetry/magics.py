@@ -120,7 +120,8 @@ class TelemetryMagics(Magics):
         if parser is None:
             raise UsageError(f"%mqtt: unknown command {command!r} (choose from {', '.join(SUMMARY)})")
         try:
-            if {"-h", "--help"} & set(rest.split()):
+            words = rest.split()
+            if words[:1] in (["-h"], ["--help"]) or (command != "pub" and {"-h", "--help"} & set(words)):
                 raise MagicHelp(parser.format_help())
             args = split_pub_line(rest) if command == "pub" else parser.parse_line(rest)
             return getattr(self, f"_{command}")(args)
