@@ -197,7 +197,7 @@ def measure_ingest(duration: float = 30.0, *, publisher: str = "paho", broker: R
         kernel.run(f"%mqtt table t --rate {plot_rate}")
         rss_start = rss_mb(kernel.pid)
         # The publisher outlasts the sampling (whose reads take time too), so no sample sees it stop.
-        handle, finish = start_publisher(publisher, broker, duration + WARMUP + 3)
+        _, finish = start_publisher(publisher, broker, duration + WARMUP + 3)
         time.sleep(WARMUP)
         samples: list[tuple[float, int, float]] = []
         t0 = time.monotonic()
@@ -216,7 +216,7 @@ def measure_ingest(duration: float = 30.0, *, publisher: str = "paho", broker: R
         rate = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
         cap_reached = next((s for s in samples if max_rows and s[1] >= max_rows + 4096), None)
         plot_updates = kernel.plot_updates
-        kernel.run(f"%mqtt stop t")
+        kernel.run("%mqtt stop t")
         return {
             "publisher": publisher, "broker": broker.kind, "seconds": round(samples[-1][0] - samples[0][0], 1),
             "sent": sent, "received": received_total, "received/sent": round(received_total / sent, 4) if sent else None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -292,7 +291,7 @@ def test_credentials_work_and_are_never_shown(ip, capsys, monkeypatch):
         prompts: list[str] = []
         monkeypatch.setattr("getpass.getpass", lambda prompt: prompts.append(prompt) or SECRET)
         ip.run_line_magic("mqtt", f"pub s/2 2 --broker {url}")
-        assert prompts == [f"MQTT password for lab@127.0.0.1: "]
+        assert prompts == ["MQTT password for lab@127.0.0.1: "]
         wait_rows(ip, "s", 2)
         ip.run_line_magic("mqtt", "stop s")
         out = capsys.readouterr()

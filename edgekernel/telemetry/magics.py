@@ -12,7 +12,6 @@ import getpass
 import os
 import re
 import shlex
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
