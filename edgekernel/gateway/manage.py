@@ -63,7 +63,7 @@ def _provisioner(entry: dict[str, Any], hosts: list[str], board: str | None = No
 def board_spec(name: str, entry: dict[str, Any], board: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(kernelspec name, kernel.json) of the MicroPython kernel pinned to one board on one Pi."""
     device = board.get("by_id") or board["device"]
-    short = os.path.basename(board["device"])
+    short = board["device"].removeprefix("/dev/")
     if board.get("bridge") in ESP_BRIDGES:
         profile, kind = "esp8266", "MicroPython ESP8266"
     elif board.get("bridge") == EMULATED:

@@ -7,6 +7,7 @@ host key is an error, never silently accepted.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -67,12 +68,15 @@ class SSHHost:
         self.destination = destination
         self.ssh_config = ssh_config or None
         self.ssh = shutil.which("ssh") or "ssh"
+        # Our own name for the control socket (not %C), so a stale one left by a crash can be removed.
+        digest = hashlib.sha1(f"{self.ssh_config}|{destination}".encode()).hexdigest()[:20]
+        self.control_path = control_dir() / digest
 
     def base_args(self) -> list[str]:
         args = [self.ssh]
         if self.ssh_config:
             args += ["-F", self.ssh_config]
-        return args + ["-o", "BatchMode=yes", "-o", f"ControlPath={control_dir()}/%C",
+        return args + ["-o", "BatchMode=yes", "-o", f"ControlPath={self.control_path}",
                        "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", "ServerAliveCountMax=3",
                        "-o", "ConnectTimeout=10"]
 
@@ -92,6 +96,7 @@ class SSHHost:
         with self._lock():
             if self.master_pid() is not None:
                 return
+            self.control_path.unlink(missing_ok=True)  # a dead master's socket would block a new one
             # -f backgrounds the master after login; its stderr goes to a file because a pipe would
             # stay open in the background process and hang this call.
             with tempfile.TemporaryFile("w+") as err:
