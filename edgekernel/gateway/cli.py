@@ -24,9 +24,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 print(json.dumps(gateways, indent=2))
             elif not gateways:
                 print("no gateways: add one with 'edgekernel gateway add NAME --ssh USER@HOST'")
-            for g in gateways:
-                boards = ", ".join(b["device"] for b in g["boards"]) or "no boards"
-                print(f"{g['name']:<12} {g['ssh']:<24} {boards}  kernels: {', '.join(g['kernels']) or '-'}")
+            else:
+                for g in gateways:
+                    boards = ", ".join(b["device"] for b in g["boards"]) or "no boards"
+                    print(f"{g['name']:<12} {g['ssh']:<24} {boards}  kernels: {', '.join(g['kernels']) or '-'}")
         else:
             for name in manage.remove(args.name, args.prefix):
                 print(f"removed kernelspec {name}")
