@@ -221,6 +221,7 @@ def cmd_launch() -> int:
         except OSError as exc:
             raise LaunchError(f"cannot start the kernel on {socket.gethostname()} ({exc.strerror}: "
                               f"{argv[0]}): check the kernel's Python there") from None
+        _wait_bound(kernel, ports)
         record_path = _kernels_dir() / f"{kernel_id}.json"
         record_path.write_text(json.dumps({"kernel_id": kernel_id, "pid": kernel.pid, "keeper": os.getpid(),
                                            "board": board, "owner": request.get("owner"),
@@ -239,6 +240,27 @@ def cmd_launch() -> int:
             record_path.unlink(missing_ok=True)
         if lock is not None:
             lock.close()
+
+
+def _wait_bound(kernel: subprocess.Popen, ports: dict[str, int], timeout: float = 60.0) -> None:
+    """Report ready only once the kernel listens on all its ports: a message sent into a tunnel
+    whose far end is refused is lost (ZeroMQ reconnects, the request does not), which costs a
+    client a full kernel_info retry."""
+    deadline = time.monotonic() + timeout
+    waiting = set(ports.values())
+    while waiting:
+        if kernel.poll() is not None:
+            raise LaunchError(f"the kernel exited with status {kernel.returncode} while starting on "
+                              f"{socket.gethostname()}: its output above says why")
+        if time.monotonic() > deadline:
+            _end(kernel)
+            raise LaunchError(f"the kernel did not open its ports within {timeout:g} s on {socket.gethostname()}")
+        for port in list(waiting):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    waiting.discard(port)
+        if waiting:
+            time.sleep(0.02)
 
 
 def _end(kernel: subprocess.Popen) -> int:
