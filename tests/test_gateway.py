@@ -207,6 +207,13 @@ def test_kernel_ports_only_through_the_tunnel(gateways, kernels):
         assert _connect("127.0.0.1", local)                     # the tunnel's local end
         assert not _connect(gateways.lab.pis["pi1"].address.rsplit(".", 1)[0] + ".1", local)  # loopback only
     assert execute(kc, "1+1").result == "2"
+    # The Pi never connects to the laptop: every TCP connection on its network is loopback or
+    # an incoming SSH connection (local port 22).
+    established = pi.exec("ss", "-Htn", "state", "established").stdout.split("\n")
+    locals_ = [line.split()[-2] for line in established if line.strip()]
+    assert any(local.endswith(":22") for local in locals_), established   # the laptop's SSH connection
+    for local in locals_:
+        assert local.startswith("127.0.0.1:") or local.endswith(":22"), established
 
 
 def test_dead_ssh_connection_ends_the_kernel_on_the_pi(gateways, kernels):
