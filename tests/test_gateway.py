@@ -88,7 +88,7 @@ def test_unplugged_board_is_a_clear_error(gateways, kernels):
     km = KernelManager(kernel_name=name)
     with pytest.raises(Exception, match=r"board /dev/pts/999999 is not attached to .*\(unplugged\?\): plug it in"):
         km.start_kernel()
-    assert not gateways.kernel_pids("pi1")
+    assert not wait_gone(gateways.kernel_pids("pi1"), 15)
 
 
 # -- kernels on the Pis ---------------------------------------------------------------------------
