@@ -215,6 +215,7 @@ def cmd_launch() -> int:
         argv = [str(connection_file) if a == "{connection_file}" else a for a in request["argv"]]
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (request.get("env") or {}).items()})
+        env["JPY_PARENT_PID"] = str(os.getpid())  # ipykernel exits if its keeper goes (and skips its banner)
         try:
             kernel = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
                                       start_new_session=True, preexec_fn=_kernel_preexec, cwd=str(Path.home()))
