@@ -114,6 +114,13 @@ def bench_kg(base: str, token: str, name: str, rounds: int, starts: int) -> tupl
     return start_times, rtts
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
@@ -142,7 +149,7 @@ def main() -> int:
 
         # Kernel Gateway on pi1, on its loopback, reached through the SSH tunnel.
         token = os.urandom(16).hex()
-        kg_port, local = 18888, 18889
+        kg_port, local = _free_port(), _free_port()
         env = dict(os.environ, KG_AUTH_TOKEN=token, EDGEKERNEL_RUNTIME_DIR=str(lab.pis["pi1"].runtime),
                    JUPYTER_RUNTIME_DIR=str(root / "pi1-kg-runtime"), EDGEKERNEL_PORT=lab.board_port)
         kg = subprocess.Popen(["ip", "netns", "exec", lab.pis["pi1"].netns, sys.executable, "-m", "kernel_gateway",
