@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,14 +142,6 @@ def kernels(gateways: Gateways) -> Iterator[Kernels]:
         k.stop_all()
 
 
-def drain(q: "queue.Queue") -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
-
-
 def where(kc: Any, board: bool = False) -> str:
     """The IPv4 addresses of the machine the kernel's host side runs on."""
     code = "import subprocess\nprint(subprocess.run(['ip', '-4', '-o', 'addr'], capture_output=True, text=True).stdout)"
@@ -160,4 +150,4 @@ def where(kc: Any, board: bool = False) -> str:
     return cell.stdout
 
 
-__all__ = ["Gateways", "Kernels", "execute", "where", "gateways", "kernels", "os"]
+__all__ = ["Gateways", "Kernels", "execute", "where", "gateways", "kernels"]

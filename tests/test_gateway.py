@@ -19,7 +19,7 @@ import pytest
 
 from edgekernel.cli import main
 from edgekernel.gateway.ssh import SSHHost
-from gateway_fixtures import Kernels, execute, gateways, kernels, where  # noqa: F401  (fixtures)
+from gateway_fixtures import execute, gateways, kernels, where  # noqa: F401  (fixtures)
 from pi_lab import REPO, _alive, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
@@ -303,10 +303,12 @@ def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
         ws.close()
 
 
-def _start_server(cmd: list[str], env: dict, port: int, netns: str | None = None) -> subprocess.Popen:
+def _start_server(cmd: list[str], env: dict, netns: str | None = None) -> subprocess.Popen:
+    import tempfile
     full = (["ip", "netns", "exec", netns] if netns else []) + cmd
-    proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()   # a file, not a pipe: a chatty server never blocks on a full pipe
+    proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
     return proc
 
 
@@ -314,7 +316,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            proc.log.seek(0)  # type: ignore[attr-defined]
+            raise AssertionError(f"server exited: {proc.log.read().decode()[-2000:]}")  # type: ignore[attr-defined]
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -346,7 +349,7 @@ def test_kernel_gateway_on_a_pi_through_an_ssh_tunnel(gateways, tmp_path):
                JUPYTER_RUNTIME_DIR=str(tmp_path / "pi1-runtime"), EDGEKERNEL_PORT=gateways.lab.board_port)
     kg = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
                         f"--KernelGatewayApp.port={kg_port}", "--KernelGatewayApp.default_kernel_name=micropython"],
-                       env, kg_port, pi1.netns)
+                       env, pi1.netns)
     host = SSHHost("pi1", str(gateways.lab.ssh_config))
     local = _free_port()
     try:
@@ -380,7 +383,7 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, KG_AUTH_TOKEN=token, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
     server = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
                             f"--KernelGatewayApp.port={port}",
-                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}"], env, port)
+                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}"], env)
     base = f"127.0.0.1:{port}"
     try:
         _wait_http(f"http://{base}/api", server)
