@@ -399,3 +399,26 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         _stop_server(server)
     for pi in gateways.lab.pis:
         assert not wait_gone(gateways.kernel_pids(pi), 15), f"kernel left on {pi}"
+
+
+def test_jupyter_run_from_another_process(gateways, kernels, tmp_path):
+    """`jupyter run` (another process, as a second laptop would be) runs a script on a Pi, and is
+    refused the board that a kernel of this process holds."""
+    script = tmp_path / "where.py"
+    script.write_text("import subprocess\nprint(subprocess.run(['ip', '-4', '-o', 'addr'], capture_output=True, "
+                      "text=True).stdout)\n")
+    run = subprocess.run([sys.executable, "-m", "jupyter_client.runapp", f"--kernel={gateways.any_pi_kernel}",
+                          str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "10.231.0.11/24" in run.stdout or "10.231.0.12/24" in run.stdout, run.stdout
+    km, kc = kernels.start(gateways.board_kernel)
+    holding = gateways.kernel_pids("pi1")   # the board kernel and its keeper
+    board_script = tmp_path / "board.py"
+    board_script.write_text("print(1)\n")
+    run = subprocess.run([sys.executable, "-m", "jupyter_client.runapp", f"--kernel={gateways.board_kernel}",
+                          str(board_script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"is in use by kernel {km.kernel_id}" in run.stderr, run.stderr[-2000:]
+    for pi in gateways.lab.pis:
+        left = wait_gone(gateways.kernel_pids(pi) - holding, 15)
+        assert not left, f"jupyter run left kernels on {pi}: {left}"
