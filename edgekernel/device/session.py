@@ -15,7 +15,8 @@ from __future__ import annotations
 import ast
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..links import Link, LinkClosed, open_link
@@ -105,6 +106,26 @@ class BoardSession:
         with self._lock:
             self._enter_raw_repl(time.monotonic() + timeout)
             self._install_helpers(time.monotonic() + timeout)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the session for a transfer that speaks to the link directly (WebREPL's file
+        protocol): the board must be idle at its prompt, and nothing else may talk meanwhile."""
+        if not self._lock.acquire(blocking=False):
+            raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
+        try:
+            self._check_open()
+            if not self._at_prompt:
+                self._enter_raw_repl(time.monotonic() + 10.0)
+            yield
+        finally:
+            self._lock.release()
+
+    def reconnect(self, timeout: float | None = None) -> None:
+        """Connect again after the board dropped a link that can reopen (WebREPL)."""
+        with self._lock:
+            self._check_open()
+            self._reopen_after_reset(time.monotonic() + (self.link_reopen_timeout if timeout is None else timeout))
 
     def close(self, *, leave_raw_repl: bool = True) -> None:
         """Leave the board in its friendly REPL and close the link."""
