@@ -102,12 +102,14 @@ class WebReplLink(Link):
         self._text.clear()
         self._binary.clear()
         seen = bytearray()
+        asked = False
         try:
             while not seen.endswith(PASSWORD_PROMPT):
                 chunk = self._recv_text(deadline)
                 if chunk is None:
                     raise WebReplError(f"{self.url}: no password prompt from the board; is this a MicroPython WebREPL?")
                 seen += chunk
+            asked = True
             self._send_frame(self._password.encode() + b"\r", websocket.ABNF.OPCODE_TEXT)
             seen.clear()
             while LOGIN_OK not in seen:
@@ -119,11 +121,12 @@ class WebReplLink(Link):
                     raise WebReplError(f"{self.url}: the board did not confirm the login in time")
                 seen += chunk
         except LinkClosed:
+            seen += self._text   # what arrived just before the close
             self._drop_socket()
             if LOGIN_DENIED in seen:
                 raise WebReplError(f"{self.url}: wrong WebREPL password (the board said Access denied); "
                                    "check it and connect again") from None
-            if not seen:
+            if not asked and not seen:
                 raise WebReplError(f"{self.url}: the board closed the connection at once: another client is "
                                    "connected to its WebREPL (one at a time; close the other one)") from None
             raise WebReplError(f"{self.url}: the board closed the connection during login") from None
