@@ -20,8 +20,6 @@ from edgekernel.device.webrepl_files import WebReplFiles
 from edgekernel.links import LinkClosed
 from edgekernel.links.webrepl_link import WebReplError, WebReplLink
 
-from conftest import WEBREPL_PASSWORD
-
 pytestmark = pytest.mark.parametrize("target", ["webrepl"], indirect=True)
 
 
@@ -31,7 +29,7 @@ def _raw_client(url: str) -> websocket.WebSocket:
     return ws
 
 
-def _login(ws: websocket.WebSocket, password: str = WEBREPL_PASSWORD) -> bytes:
+def _login(ws: websocket.WebSocket, password: str) -> bytes:
     assert ws.recv_data() == (1, b"Password: ")
     ws.send(password.encode() + b"\r", websocket.ABNF.OPCODE_TEXT)
     return ws.recv_data()[1]
@@ -72,7 +70,7 @@ def test_cli_wrong_password_never_shows_it(target, board) -> None:
 
 def test_second_client_gets_a_clear_error_and_the_first_goes_on(target, board) -> None:
     with pytest.raises(WebReplError, match="another client is connected"):
-        WebReplLink(target.port, WEBREPL_PASSWORD)
+        WebReplLink(target.port, target.link_options["password"])
     _usable(board)
 
 
@@ -80,7 +78,7 @@ def test_login_text_then_friendly_or_raw_state_left_by_an_earlier_client(target,
     board.close()
     # A client that leaves the REPL in raw mode and vanishes without a word.
     ws = _raw_client(target.port)
-    assert _login(ws) == b"\r\nWebREPL connected\r\n>>> "
+    assert _login(ws, target.link_options["password"]) == b"\r\nWebREPL connected\r\n>>> "
     ws.send(b"\r\x03\x03\x01", websocket.ABNF.OPCODE_TEXT)
     seen = b""
     while not seen.endswith(b"raw REPL; CTRL-B to exit\r\n>"):
@@ -96,7 +94,7 @@ def test_login_text_then_friendly_or_raw_state_left_by_an_earlier_client(target,
 def test_pings_get_no_answer_and_do_not_hurt(target, board) -> None:
     board.close()
     ws = _raw_client(target.port)
-    _login(ws)
+    _login(ws, target.link_options["password"])
     ws.ping(b"anyone?")
     ws.settimeout(0.5)
     with pytest.raises(websocket.WebSocketTimeoutException):
@@ -117,7 +115,7 @@ def test_frames_of_64k_or_more_are_never_sent(target, board) -> None:
     board.close()
     # The board drops a connection that sends one (64-bit length), as a real one does.
     ws = _raw_client(target.port)
-    _login(ws)
+    _login(ws, target.link_options["password"])
     ws.send(b"#" * 70000, websocket.ABNF.OPCODE_TEXT)
     with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
         for _ in range(10):
@@ -187,3 +185,19 @@ def test_plain_http_gets_a_page(target) -> None:
         while chunk := s.recv(4096):
             page += chunk
     assert page.startswith(b"HTTP/1.0 200 OK") and b"WebREPL" in page
+
+
+def test_auto_path_is_chosen_by_measurement_and_said(target, board) -> None:
+    files = BoardFiles(board)
+    data = os.urandom(20_000)
+    files.put(data, "auto.bin")
+    first = str(files.last_path)
+    assert "measured put" in first and "next time" in first, first
+    files.put(data, "auto.bin")
+    second = files.last_path
+    assert "measured put" in second.reason and "KB/s" in second.reason
+    assert files.get("auto.bin") == data and "measured get" in str(files.last_path)
+    assert files.get("auto.bin") == data
+    # In the board-faithful emulator the REPL stream beats 20 ms per 256-byte chunk by far.
+    assert second.name == "repl" and files.last_path.name == "repl"
+    assert files.put(b"tiny", "tiny.txt") == 4   # small files never pay for a measurement

@@ -19,7 +19,8 @@ Transfers, fastest first:
 On a WebREPL link (ws://) there is a second way: WebREPL's own binary file protocol
 (``webrepl_files``). Which of the two is faster depends on the board and the network (its
 websocket round trip can cost ~40 ms per chunk), so it is measured once per session and
-direction with a small probe file, and the faster path is used; ``last_path`` says which.
+direction: the session's first large transfer goes by REPL and is timed, a 1 KB probe times the
+file protocol, and later transfers take the faster; ``last_path`` says which and why.
 
 Every transfer ends with the board's length and hash of what is in its file
 (sha256 where ``hashlib`` exists, else Adler-32 computed in Python on the
@@ -270,8 +271,8 @@ class TransferPath:
 
 #: Measured rates in bytes/s per session: {"put": {"repl": r, "webrepl": r}, "get": {...}}.
 _path_rates: "weakref.WeakKeyDictionary[BoardSession, dict[str, dict[str, float]]]" = weakref.WeakKeyDictionary()
-PROBE_SIZE = 4096     # random bytes (no deflate advantage): a fair, small measurement
-PROBE_MIN = 8192      # smaller transfers take the REPL path until a larger one has measured both
+PROBE_SIZE = 1024     # random bytes; small: on the WebREPL path a probe costs a few 20 ms chunk turns
+PROBE_MIN = 8192      # the first transfer at least this large each way is timed (by REPL) and compared
 PROBE_NAME = ".ek_probe"
 
 
@@ -426,12 +427,15 @@ class BoardFiles:
                 data = f.read()
         data = bytes(data)
         self.last_path = self._choose_path("put", len(data), append=append)
+        started = time.perf_counter()
         s0, n, digest = self._put_via(self.last_path.name, data, dest, append, progress)
+        seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             what = (f"{n:,} bytes arrived of {len(data):,}" if n != len(data)
                     else "the board's hash of the file differs from the data sent")
             kept = self._remove_after_failure(dest, append, s0)
             raise FileTransferError(f"put {dest}: verification failed ({what}); {kept}")
+        self._learn("put", len(data), seconds)
         return n
 
     def _put_via(self, path: str, data: bytes, dest: str, append: bool,
@@ -460,34 +464,41 @@ class BoardFiles:
             return TransferPath("webrepl", "asked for")
         rates = _path_rates.setdefault(self.session, {})
         if direction not in rates:
-            if size < PROBE_MIN:
-                return TransferPath("repl", "small file; paths not measured yet")
-            rates[direction] = self._measure(direction)
+            # This transfer goes by REPL and is timed; _learn() then probes WebREPL's protocol.
+            return TransferPath("repl", "small file; paths not measured yet" if size < PROBE_MIN else "measuring")
         r = rates[direction]
         best = max(r, key=lambda k: r[k])
-        return TransferPath(best, "measured {}: REPL {:.1f} KB/s, WebREPL {:.1f} KB/s".format(
+        return TransferPath(best, "measured {}: REPL {:.1f} KB/s, WebREPL file protocol {:.1f} KB/s".format(
             direction, r["repl"] / 1000, r["webrepl"] / 1000))
 
-    def _measure(self, direction: str) -> dict[str, float]:
-        """Time both paths on a small probe file (verification included, as in real use)."""
+    def _learn(self, direction: str, size: int, seconds: float) -> None:
+        """After a large first transfer by REPL: keep its rate, probe WebREPL's protocol with a
+        small file, and say which path later transfers take."""
+        path = self.last_path
+        if path is None or path.reason != "measuring" or size < PROBE_MIN:
+            return
         probe = os.urandom(PROBE_SIZE)
-        rates: dict[str, float] = {}
         try:
             if direction == "get":
                 self._put_via("repl", probe, PROBE_NAME, False, None)
-            for path in ("repl", "webrepl"):
-                start = time.perf_counter()
-                if direction == "put":
-                    self._put_via(path, probe, PROBE_NAME, False, None)
-                else:
-                    self._get_via(path, PROBE_NAME, None, None)
-                rates[path] = PROBE_SIZE / max(time.perf_counter() - start, 1e-6)
+            start = time.perf_counter()
+            if direction == "put":
+                self._put_via("webrepl", probe, PROBE_NAME, False, None)
+            else:
+                self._get_via("webrepl", PROBE_NAME, None, None)
+            probe_seconds = time.perf_counter() - start
         finally:
             try:
                 self._run(f"import os\ntry:\n os.remove({PROBE_NAME!r})\nexcept OSError:\n pass\n", "rm probe")
             except DeviceError:
                 pass
-        return rates
+        rates = {"repl": size / max(seconds, 1e-6), "webrepl": PROBE_SIZE / max(probe_seconds, 1e-6)}
+        _path_rates.setdefault(self.session, {})[direction] = rates
+        best = max(rates, key=lambda k: rates[k])
+        self.last_path = TransferPath("repl", "measured {}: REPL {:.1f} KB/s (this file), WebREPL file protocol "
+                                      "{:.1f} KB/s (a probe); next time: {}".format(
+                                          direction, rates["repl"] / 1000, rates["webrepl"] / 1000,
+                                          "REPL" if best == "repl" else "WebREPL file protocol"))
 
     def _remove_after_failure(self, dest: str, append: bool, s0: int) -> str:
         if append:
@@ -661,13 +672,16 @@ class BoardFiles:
             self.last_path = TransferPath("repl", "")
         else:
             self.last_path = self._choose_path("get", total or 0)
+        started = time.perf_counter()
         data, (n, digest) = self._get_via(self.last_path.name, src, progress, total)
+        seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             raise FileTransferError(
                 f"get {src}: verification failed (received {len(data):,} bytes, the board read {n:,}; "
                 "hashes differ); the file on the board is unchanged")
         if progress is not None:
             progress(len(data), len(data))
+        self._learn("get", len(data), seconds)
         return data
 
     def _get_via(self, path: str, src: str, progress: Progress | None, total: int | None):
