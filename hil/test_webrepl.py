@@ -201,3 +201,19 @@ def test_auto_path_is_chosen_by_measurement_and_said(target, board) -> None:
     # In the board-faithful emulator the REPL stream beats 20 ms per 256-byte chunk by far.
     assert second.name == "repl" and files.last_path.name == "repl"
     assert files.put(b"tiny", "tiny.txt") == 4   # small files never pay for a measurement
+
+
+def test_the_password_is_in_no_command_line_or_log(target, board) -> None:
+    password = target.link_options["password"].encode()
+    pids = [target.process.pid] + target.process.board_pids() + [os.getpid()]
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert password not in f.read(), pid
+    assert password.decode() not in target.process.log()
+
+
+def test_board_command_needs_a_password_in_the_environment(target) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WEBREPL_PASSWORD"}
+    r = subprocess.run([sys.executable, "-m", "edgekernel", "board", "--webrepl", "0"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "needs a password in $WEBREPL_PASSWORD" in r.stderr

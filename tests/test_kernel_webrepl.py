@@ -3,6 +3,7 @@ MicroPython behind edgekernel.emulator.webrepl), password prompt, wrong password
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,13 @@ def test_password_from_an_environment_variable_and_errors(wr_board, fresh_kernel
     # The variable that is set works; the board is still fine after the failed logins
     run = kernel.ok(f"%websocketconnect {url} --password-env BOARD_PW")
     assert kernel.ok("print(2 ** 10)").stream().strip() == "1024"
+    # Kernel -> Interrupt reaches the board as Ctrl-C over the socket
+    msg_id = kernel.send_execute("while True:\n    pass")
+    time.sleep(0.5)
+    kernel.km.interrupt_kernel()
+    run = kernel.collect(msg_id)
+    assert run.status == "error" and run.content["ename"] == "KeyboardInterrupt", run
+    assert kernel.ok("print('after')").stream().strip() == "after"
     assert PASSWORD not in _everything_the_kernel_wrote(kernel_env)
     kernel.restart()   # --password-env: reconnects without asking
     run = kernel.ok("print('back')")
