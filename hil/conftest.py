@@ -5,7 +5,8 @@ Targets
   unix-115200  the same behind the link simulator at 115200 baud
   microbit     QEMU micro:bit, MicroPython 1.9.2, 16 KB RAM, no raw-paste
   webrepl      the unix board behind the emulated WebREPL (ws://127.0.0.1), in its board-faithful
-               mode (header/payload written apart with Nagle on, 20 ms per file chunk)
+               mode (header/payload written apart with Nagle on, 20 ms per file chunk), with a
+               256-byte input buffer that drops overflow
   real         the board on $EDGEKERNEL_HIL_PORT (baud: $EDGEKERNEL_HIL_BAUD, default 115200)
 
 Emulated boards are started once per target and shared (QEMU boots in
@@ -72,8 +73,9 @@ class BoardPool:
         elif name == "microbit":
             proc = start_board("microbit", timeout=30)
         elif name == "webrepl":
+            # An ESP8266's 256-byte input buffer that drops overflow, as its WebREPL feeds it.
             proc = start_board("unix", timeout=20, webrepl=0, webrepl_password=WEBREPL_PASSWORD,
-                               webrepl_faithful=True)
+                               webrepl_faithful=True, rx_buffer=256)
         else:
             raise ValueError(name)
         self.pids.add(proc.pid)

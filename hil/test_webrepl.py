@@ -217,3 +217,11 @@ def test_board_command_needs_a_password_in_the_environment(target) -> None:
     r = subprocess.run([sys.executable, "-m", "edgekernel", "board", "--webrepl", "0"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 1 and "needs a password in $WEBREPL_PASSWORD" in r.stderr
+
+
+def test_nothing_overflowed_the_boards_input_buffer(target, board) -> None:
+    """Runs after the others on the shared board: raw-paste's window kept every byte."""
+    src = "\n".join(f"v{i} = {i}" for i in range(800)) + "\nprint(v799)"
+    r = board.exec(src, timeout=60)
+    assert r.ok and r.text.strip() == "799"
+    assert "dropped" not in target.process.log()

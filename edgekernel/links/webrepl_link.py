@@ -70,6 +70,7 @@ class WebReplLink(Link):
         self._text = bytearray()     # REPL bytes received, not yet read
         self._binary = bytearray()   # file-protocol bytes received, not yet read
         self._closed = False
+        self._closed_after: LinkClosed | None = None   # a close seen right after data, raised next
         self.reconnects = 0
         self._login(time.monotonic() + timeout)
 
@@ -156,6 +157,7 @@ class WebReplLink(Link):
         if self._closed:
             raise LinkClosed(f"{self.url}: the link is closed; connect again")
         self._drop_socket()
+        self._closed_after = None
         deadline = time.monotonic() + (self.reconnect_timeout if timeout is None else timeout)
         while True:
             try:
@@ -192,6 +194,9 @@ class WebReplLink(Link):
 
     def _pump(self, timeout: float | None) -> bool:
         """Receive frames that arrive within `timeout`; True if any data frame came."""
+        if self._closed_after is not None:
+            closed, self._closed_after = self._closed_after, None
+            raise closed
         ws = self._ws
         if ws is None or ws.sock is None:
             raise LinkClosed(f"{self.url}: the board disconnected")
@@ -210,7 +215,12 @@ class WebReplLink(Link):
                 opcode, data = ws.recv_data(control_frame=True)
             except (websocket.WebSocketConnectionClosedException, OSError, websocket.WebSocketException) as exc:
                 self._drop_socket()
-                raise LinkClosed(f"{self.url}: the board disconnected ({exc.__class__.__name__})") from None
+                closed = LinkClosed(f"{self.url}: the board disconnected ({exc.__class__.__name__})")
+                if got:
+                    # Its last words first (a reset says "soft reboot", then drops us); the close next time.
+                    self._closed_after = closed
+                    return True
+                raise closed from None
             self._quickack()
             if opcode == websocket.ABNF.OPCODE_TEXT or opcode == websocket.ABNF.OPCODE_CONT:
                 self._text += data
@@ -220,7 +230,11 @@ class WebReplLink(Link):
                 got = True
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
                 self._drop_socket()
-                raise LinkClosed(f"{self.url}: the board closed the connection (disconnected)")
+                closed = LinkClosed(f"{self.url}: the board closed the connection (disconnected)")
+                if got:
+                    self._closed_after = closed
+                    return True
+                raise closed
             # Take whatever else has already arrived in the same go.
             if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and not select.select([sock], [], [], 0)[0]:
                 return got
