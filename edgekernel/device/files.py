@@ -478,6 +478,7 @@ class BoardFiles:
         if path is None or path.reason != "measuring" or size < PROBE_MIN:
             return
         probe = os.urandom(PROBE_SIZE)
+        probe_seconds = float("inf")   # a failed probe: the file protocol is not used
         try:
             if direction == "get":
                 self._put_via("repl", probe, PROBE_NAME, False, None)
@@ -487,12 +488,15 @@ class BoardFiles:
             else:
                 self._get_via("webrepl", PROBE_NAME, None, None)
             probe_seconds = time.perf_counter() - start
+        except DeviceError:
+            pass   # the user's transfer is done and verified; the probe only informs the next one
         finally:
             try:
                 self._run(f"import os\ntry:\n os.remove({PROBE_NAME!r})\nexcept OSError:\n pass\n", "rm probe")
             except DeviceError:
                 pass
         rates = {"repl": size / max(seconds, 1e-6), "webrepl": PROBE_SIZE / max(probe_seconds, 1e-6)}
+        # (a failed probe gives the file protocol a rate of 0)
         _path_rates.setdefault(self.session, {})[direction] = rates
         best = max(rates, key=lambda k: rates[k])
         self.last_path = TransferPath("repl", "measured {}: REPL {:.1f} KB/s (this file), WebREPL file protocol "
