@@ -192,11 +192,11 @@ def test_auto_path_is_chosen_by_measurement_and_said(target, board) -> None:
     data = os.urandom(20_000)
     files.put(data, "auto.bin")
     first = str(files.last_path)
-    assert "measured put" in first and "next time" in first, first
+    assert "measured 20,000 bytes" in first and "next time: REPL" in first, first
     files.put(data, "auto.bin")
     second = files.last_path
-    assert "measured put" in second.reason and "KB/s" in second.reason
-    assert files.get("auto.bin") == data and "measured get" in str(files.last_path)
+    assert "measured; predicted for 20,000 bytes" in second.reason
+    assert files.get("auto.bin") == data and "next time" in str(files.last_path)
     assert files.get("auto.bin") == data
     # In the board-faithful emulator the REPL stream beats 20 ms per 256-byte chunk by far.
     assert second.name == "repl" and files.last_path.name == "repl"

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from edgekernel.device import BoardSession
-from edgekernel.device.files import BoardFiles, _path_rates
+from edgekernel.device.files import BoardFiles, _path_costs, _predict
 from edgekernel.emulator import start_board
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,15 +29,16 @@ def test_the_faster_measured_path_is_used_and_named(session) -> None:
     data = os.urandom(60_000)
     files.put(data, "a.bin")
     assert files.last_path.name == "repl" and "next time" in files.last_path.reason
-    rates = _path_rates[session]["put"]
-    assert set(rates) == {"repl", "webrepl"} and all(r > 0 for r in rates.values())
+    model = _path_costs[session]["put"]
+    assert set(model) == {"repl", "webrepl"}
     for _ in range(2):
         files.put(data, "a.bin")
-        assert files.last_path.name == max(rates, key=rates.get)
-        assert "measured put" in files.last_path.reason
+        predicted = _predict(_path_costs[session]["put"], len(data))
+        assert files.last_path.name == min(predicted, key=predicted.get)
+        assert "measured; predicted" in files.last_path.reason
         assert files.get("a.bin") == data
-    assert files.last_path.name == max(_path_rates[session]["get"], key=_path_rates[session]["get"].get)
-
+    predicted = _predict(_path_costs[session]["get"], len(data))
+    assert files.last_path.name == min(predicted, key=predicted.get)
 
 def test_forced_paths_agree_byte_for_byte(session) -> None:
     data = bytes(range(256)) * 100 + b"\x03\x04\x1b"

@@ -19,8 +19,9 @@ Transfers, fastest first:
 On a WebREPL link (ws://) there is a second way: WebREPL's own binary file protocol
 (``webrepl_files``). Which of the two is faster depends on the board and the network (its
 websocket round trip can cost ~40 ms per chunk), so it is measured once per session and
-direction: the session's first large transfer goes by REPL and is timed, a 1 KB probe times the
-file protocol, and later transfers take the faster; ``last_path`` says which and why.
+direction: the session's first large transfer goes by REPL and is timed, a round trip and a
+1 KB probe time the file protocol, and later transfers take the path predicted to be faster for
+their size; ``last_path`` says which and why.
 
 Every transfer ends with the board's length and hash of what is in its file
 (sha256 where ``hashlib`` exists, else Adler-32 computed in Python on the
@@ -269,8 +270,13 @@ class TransferPath:
         return f"{label} ({self.reason})" if self.reason else label
 
 
-#: Measured rates in bytes/s per session: {"put": {"repl": r, "webrepl": r}, "get": {...}}.
-_path_rates: "weakref.WeakKeyDictionary[BoardSession, dict[str, dict[str, float]]]" = weakref.WeakKeyDictionary()
+#: Cost models per session and direction: {"put": {"repl": (fixed s, s per byte), "webrepl": (...)}, ...}.
+_path_costs: "weakref.WeakKeyDictionary[BoardSession, dict[str, dict[str, tuple[float, float]]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _predict(model: dict[str, tuple[float, float]], size: int) -> dict[str, float]:
+    return {path: fixed + size * per_byte for path, (fixed, per_byte) in model.items()}
 PROBE_SIZE = 1024     # random bytes; small: on the WebREPL path a probe costs a few 20 ms chunk turns
 PROBE_MIN = 8192      # the first transfer at least this large each way is timed (by REPL) and compared
 PROBE_NAME = ".ek_probe"
@@ -462,32 +468,41 @@ class BoardFiles:
             return TransferPath("repl", "WebREPL's file protocol cannot append")
         if self.mode == "webrepl":
             return TransferPath("webrepl", "asked for")
-        rates = _path_rates.setdefault(self.session, {})
-        if direction not in rates:
+        models = _path_costs.setdefault(self.session, {})
+        if direction not in models:
             # This transfer goes by REPL and is timed; _learn() then probes WebREPL's protocol.
             return TransferPath("repl", "small file; paths not measured yet" if size < PROBE_MIN else "measuring")
-        r = rates[direction]
-        best = max(r, key=lambda k: r[k])
-        return TransferPath(best, "measured {}: REPL {:.1f} KB/s, WebREPL file protocol {:.1f} KB/s".format(
-            direction, r["repl"] / 1000, r["webrepl"] / 1000))
+        predicted = _predict(models[direction], size)
+        best = min(predicted, key=lambda k: predicted[k])
+        return TransferPath(best, "measured; predicted for {:,} bytes: REPL {:.3f} s, WebREPL file protocol "
+                                  "{:.3f} s".format(size, predicted["repl"], predicted["webrepl"]))
 
     def _learn(self, direction: str, size: int, seconds: float) -> None:
-        """After a large first transfer by REPL: keep its rate, probe WebREPL's protocol with a
-        small file, and say which path later transfers take."""
+        """After a large first transfer by REPL: model its cost from its own time, model WebREPL's
+        protocol from a round trip (version request) and a small probe file, and say which path
+        later transfers take."""
         path = self.last_path
         if path is None or path.reason != "measuring" or size < PROBE_MIN:
             return
         probe = os.urandom(PROBE_SIZE)
-        probe_seconds = float("inf")   # a failed probe: the file protocol is not used
+        webrepl = (0.0, float("inf"))   # a failed probe: the file protocol is not used
         try:
+            wr = WebReplFiles(self.session)
+            start = time.perf_counter()
+            wr.version()
+            round_trip = time.perf_counter() - start
             if direction == "get":
                 self._put_via("repl", probe, PROBE_NAME, False, None)
             start = time.perf_counter()
             if direction == "put":
-                self._put_via("webrepl", probe, PROBE_NAME, False, None)
+                wr.put(probe, PROBE_NAME)
             else:
-                self._get_via("webrepl", PROBE_NAME, None, None)
-            probe_seconds = time.perf_counter() - start
+                wr.get(PROBE_NAME)
+            transfer = time.perf_counter() - start
+            start = time.perf_counter()
+            self.hash(PROBE_NAME)   # the verification every transfer ends with
+            verify = time.perf_counter() - start
+            webrepl = (round_trip + verify, max(0.0, transfer - round_trip) / PROBE_SIZE)
         except DeviceError:
             pass   # the user's transfer is done and verified; the probe only informs the next one
         finally:
@@ -495,13 +510,14 @@ class BoardFiles:
                 self._run(f"import os\ntry:\n os.remove({PROBE_NAME!r})\nexcept OSError:\n pass\n", "rm probe")
             except DeviceError:
                 pass
-        rates = {"repl": size / max(seconds, 1e-6), "webrepl": PROBE_SIZE / max(probe_seconds, 1e-6)}
-        # (a failed probe gives the file protocol a rate of 0)
-        _path_rates.setdefault(self.session, {})[direction] = rates
-        best = max(rates, key=lambda k: rates[k])
-        self.last_path = TransferPath("repl", "measured {}: REPL {:.1f} KB/s (this file), WebREPL file protocol "
-                                      "{:.1f} KB/s (a probe); next time: {}".format(
-                                          direction, rates["repl"] / 1000, rates["webrepl"] / 1000,
+        # The REPL path's fixed costs are in its own time: scaled with size (a little pessimistic).
+        model = {"repl": (0.0, seconds / size), "webrepl": webrepl}
+        _path_costs.setdefault(self.session, {})[direction] = model
+        predicted = _predict(model, size)
+        best = min(predicted, key=lambda k: predicted[k])
+        self.last_path = TransferPath("repl", "measured {:,} bytes: REPL {:.3f} s (this transfer), WebREPL file "
+                                      "protocol {:.3f} s (from a probe); next time: {}".format(
+                                          size, predicted["repl"], predicted["webrepl"],
                                           "REPL" if best == "repl" else "WebREPL file protocol"))
 
     def _remove_after_failure(self, dest: str, append: bool, s0: int) -> str:
