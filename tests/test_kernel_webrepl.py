@@ -79,6 +79,9 @@ def test_password_from_an_environment_variable_and_errors(wr_board, fresh_kernel
     assert run.status == "error", run
     assert "wrong WebREPL password" in run.content["evalue"] and "\n" not in run.content["evalue"]
     assert "nope1" not in str(run.iopub) + str(run.reply)
+    # %serialconnect on a ws:// URL points to the magic that asks for the password
+    run = kernel.execute(f"%serialconnect --port {url}")
+    assert run.status == "error" and f"%websocketconnect {url}" in run.content["evalue"], run
     # No stdin in this front end and no --password-env: say what to do
     run = kernel.execute(f"%websocketconnect {url}", allow_stdin=False)
     assert run.status == "error" and "--password-env" in run.content["evalue"], run
@@ -96,3 +99,10 @@ def test_password_from_an_environment_variable_and_errors(wr_board, fresh_kernel
     kernel.restart()   # --password-env: reconnects without asking
     run = kernel.ok("print('back')")
     assert "back" in run.stream() and not run.stdin
+
+
+def test_port_in_the_environment(wr_board, fresh_kernels) -> None:
+    kernel = fresh_kernels.start("micropython", name="webrepl-port-env", port=wr_board.webrepl,
+                                 WEBREPL_PASSWORD=PASSWORD)
+    run = kernel.ok("print('from env')")
+    assert "from env" in run.stream() and "over WebREPL" in run.stream()

@@ -180,6 +180,10 @@ class MicroPythonKernel(IPythonKernel):
         self.disconnect()
         link_options: dict[str, Any] = {"esp_reset_lines": self.profile["esp_reset_lines"]} if "://" not in port else {}
         if is_webrepl_url(port):
+            password = password or os.environ.get(webrepl_magics.PASSWORD_ENV)   # as the CLI does
+            if not password:
+                raise HostError("NoPassword", f"{port} is a WebREPL: connect with %websocketconnect {port} "
+                                              "(it asks for the password)")
             link_options = {"password": password}   # the password goes to the link only
         board = BoardSession.open(port, baud, log=self._log_board_bytes, link_options=link_options)
         if soft_reset:

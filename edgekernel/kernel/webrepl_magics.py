@@ -16,6 +16,9 @@ from ..links import is_webrepl_url
 from .magics import REGISTRY as magics
 from .magics import HostError
 
+#: Where a WebREPL password may also come from when no magic asked for one (EDGEKERNEL_PORT=ws://...).
+PASSWORD_ENV = "WEBREPL_PASSWORD"
+
 
 def webrepl_password(kernel: Any, url: str, password_env: str | None) -> str:
     """The password for `url`: from $password_env, or asked in the front end (main thread only)."""

@@ -34,7 +34,6 @@ LOGIN_OK = b"WebREPL connected\r\n>>> "
 LOGIN_DENIED = b"Access denied"
 PASSWORD_PROMPT = b"Password: "
 DEFAULT_PORT = 8266
-PASSWORD_ENV = "WEBREPL_PASSWORD"
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -60,7 +59,7 @@ class WebReplLink(Link):
         self.url = normalize_url(url)
         self.description = self.url
         if not password:
-            raise WebReplError(f"{self.url}: a WebREPL password is needed (set ${PASSWORD_ENV} or enter it when asked)")
+            raise WebReplError(f"{self.url}: a WebREPL password is needed to connect")
         if len(password) > 9:
             raise WebReplError(f"{self.url}: WebREPL passwords are at most 9 characters (webrepl_setup allows 4-9); "
                                "the board would never accept this one")
