@@ -225,3 +225,16 @@ def test_nothing_overflowed_the_boards_input_buffer(target, board) -> None:
     r = board.exec(src, timeout=60)
     assert r.ok and r.text.strip() == "799"
     assert "dropped" not in target.process.log()
+
+
+def test_reconnect_to_a_board_running_main_py_after_a_reset(target, board) -> None:
+    files = BoardFiles(board)
+    files.put(b"import time\nwhile True:\n    time.sleep(0.05)\n", "main.py")
+    try:
+        target.process.hard_reset()   # boots into the endless main.py; our connection is gone
+        start = time.monotonic()
+        board.reconnect(timeout=20)   # Ctrl-C stops main.py, as on a board
+        assert time.monotonic() - start < 15
+        _usable(board)
+    finally:
+        os.remove(os.path.join(target.process.flash_dir, "main.py"))

@@ -12,7 +12,8 @@ Serves ``ws://127.0.0.1:PORT/`` the way MicroPython's ``webrepl`` does on an ESP
   chunks pulled by ``\\x00``, version), with a failed open dropping the connection;
 * the board outlives connections: REPL mode (raw stays raw), variables and files persist;
 * a reset drops the client (a soft reset after sending ``MPY: soft reboot``; a hard reset with a
-  TCP reset) and connections are refused until the board is back at a prompt.
+  TCP reset) and connections are refused until the board is back at a prompt (or for 1 s, when
+  a main.py keeps running).
 
 ``faithful=True`` (``--webrepl-faithful``) reproduces the board's timing: every frame's header and
 payload are written separately with Nagle's algorithm on (so a client that delays its ACKs waits
@@ -51,6 +52,7 @@ PUT_PIECE = 512                          # the board reads a put in 512-byte pie
 GET_PIECE = 256                          # and sends a get in 256-byte chunks
 OUTPUT_HIGH_WATER = 256 * 1024           # pause the board's output while this much waits for the client
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
+BOOT_LISTEN_S = 1.0                      # after a reset, listen again by then even without a prompt
 _PROMPTS = (b">>> ", b"raw REPL; CTRL-B to exit\r\n>")
 HTML = (b"HTTP/1.0 200 OK\r\n\r\n<html><head><title>WebREPL</title></head><body>"
         b"This is an emulated MicroPython WebREPL; connect with a WebREPL client.</body></html>\r\n")
@@ -120,6 +122,9 @@ class WebReplServer:
             self._restarts = restarts
             self._ready = False
             self._tail = b""
+            # boot.py starts the WebREPL early: listen again at the prompt, or after a moment
+            # when a main.py keeps running.
+            self.running.loop.call_later(BOOT_LISTEN_S, self._listen_again, restarts)
             client, self.client = self.client, None
             if client is not None:
                 if data.startswith(SOFT_REBOOT):
@@ -136,6 +141,10 @@ class WebReplServer:
         client = self.client
         if client is not None and client.logged_in:
             client.send_output(data)
+
+    def _listen_again(self, restarts: int) -> None:
+        if restarts == self._restarts:
+            self._ready = True
 
     # -- connections -----------------------------------------------------------------------------
 
