@@ -62,8 +62,13 @@ def register_extension(extension: BoardExtension) -> None:
     EXTENSIONS.append(extension)
 
 
+def _load_builtin_extensions() -> None:
+    from . import webrepl  # noqa: F401  (registers --webrepl)
+
+
 def add_board_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgekernel board``."""
+    _load_builtin_extensions()
     parser.add_argument("--emulator", choices=BOARD_KINDS, default="unix",
                         help="unix: MicroPython's unix port; microbit: QEMU micro:bit (default: unix)")
     parser.add_argument("--baud", type=int, metavar="B",
