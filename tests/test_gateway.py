@@ -286,8 +286,9 @@ def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
                             "content": {"code": code, "silent": False, "store_history": True,
                                         "user_expressions": {}, "allow_stdin": False}}))
         out = {"stdout": "", "result": None, "status": None}
+        idle = False  # iopub may deliver output after the shell reply: the cell is over at both
         deadline = time.monotonic() + 60
-        while out["status"] is None and time.monotonic() < deadline:
+        while (out["status"] is None or not idle) and time.monotonic() < deadline:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -298,6 +299,8 @@ def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
                 out["result"] = msg["content"]["data"]["text/plain"]
             elif kind == "execute_reply":
                 out["status"] = msg["content"]["status"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
         return out
     finally:
         ws.close()
