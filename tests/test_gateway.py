@@ -19,6 +19,7 @@ import pytest
 
 from edgekernel.cli import main
 from edgekernel.gateway.ssh import SSHHost
+from edgekernel.gateway.websocket_nodelay import KERNEL_GATEWAY_OPTION
 from gateway_fixtures import execute, gateways, kernels, where  # noqa: F401  (fixtures)
 from pi_lab import REPO, _alive, wait_gone
 
@@ -303,6 +304,32 @@ def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
         ws.close()
 
 
+def _peer_socket_nodelay(pid: int, peer: tuple[str, int]) -> bool:
+    """TCP_NODELAY of process pid's socket connected to peer (its fd borrowed with pidfd_getfd)."""
+    import ctypes
+    getfd = ctypes.CDLL(None, use_errno=True).syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = getfd(438, pidfd, int(name), 0)   # SYS_pidfd_getfd on x86_64/arm64
+            if fd < 0:
+                continue
+            with socket.socket(fileno=fd) as s:
+                try:
+                    if s.family == socket.AF_INET and s.getpeername() == peer:
+                        return bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                except OSError:
+                    pass
+    finally:
+        os.close(pidfd)
+    raise AssertionError(f"process {pid} has no socket connected to {peer}")
+
+
 def _start_server(cmd: list[str], env: dict, netns: str | None = None) -> subprocess.Popen:
     import tempfile
     full = (["ip", "netns", "exec", netns] if netns else []) + cmd
@@ -348,7 +375,8 @@ def test_kernel_gateway_on_a_pi_through_an_ssh_tunnel(gateways, tmp_path):
                JUPYTER_PATH=str(tmp_path / "pi1-prefix" / "share" / "jupyter"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "pi1-runtime"), EDGEKERNEL_PORT=gateways.lab.board_port)
     kg = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
-                        f"--KernelGatewayApp.port={kg_port}", "--KernelGatewayApp.default_kernel_name=micropython"],
+                        f"--KernelGatewayApp.port={kg_port}", "--KernelGatewayApp.default_kernel_name=micropython",
+                        KERNEL_GATEWAY_OPTION],
                        env, pi1.netns)
     host = SSHHost("pi1", str(gateways.lab.ssh_config))
     local = _free_port()
@@ -383,7 +411,8 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, KG_AUTH_TOKEN=token, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
     server = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
                             f"--KernelGatewayApp.port={port}",
-                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}"], env)
+                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}",
+                            KERNEL_GATEWAY_OPTION], env)
     base = f"127.0.0.1:{port}"
     try:
         _wait_http(f"http://{base}/api", server)
@@ -394,6 +423,15 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         assert "10.231.0.1" in cell["stdout"] and "10.231.0.1/24" not in cell["stdout"], cell  # on a Pi
         assert _http(f"http://{base}/api/kernels/{kernel['id']}/restart", token, "POST", {})[0] == 200
         assert _ws_execute(base, kernel["id"], token, "1+1")["result"] == "2"
+        # Nagle off on the server's end of a kernel WebSocket (tornado turns it on again after the
+        # upgrade; with it on, each reply waits ~40 ms for the client's delayed ACK: issue 7).
+        import websocket
+        ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel['id']}/channels",
+                                         header=[f"Authorization: token {token}"], timeout=60)
+        try:
+            assert _peer_socket_nodelay(server.pid, ws.sock.getsockname())
+        finally:
+            ws.close()
         assert _http(f"http://{base}/api/kernels/{kernel['id']}", token, "DELETE")[0] == 204
     finally:
         _stop_server(server)
