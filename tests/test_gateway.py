@@ -287,13 +287,16 @@ def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
                             "content": {"code": code, "silent": False, "store_history": True,
                                         "user_expressions": {}, "allow_stdin": False}}))
         out = {"stdout": "", "result": None, "status": None}
+        idle = False   # iopub and shell are separate streams: output is complete at iopub idle, not at the reply
         deadline = time.monotonic() + 60
-        while out["status"] is None and time.monotonic() < deadline:
+        while (out["status"] is None or not idle) and time.monotonic() < deadline:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg["header"]["msg_type"]
-            if kind == "stream":
+            if kind == "status":
+                idle = idle or msg["content"]["execution_state"] == "idle"
+            elif kind == "stream":
                 out["stdout"] += msg["content"]["text"]
             elif kind == "execute_result":
                 out["result"] = msg["content"]["data"]["text/plain"]
@@ -328,6 +331,16 @@ def _peer_socket_nodelay(pid: int, peer: tuple[str, int]) -> bool:
     finally:
         os.close(pidfd)
     raise AssertionError(f"process {pid} has no socket connected to {peer}")
+
+
+def _becomes_nodelay(pid: int, peer: tuple[str, int], timeout: float = 5) -> bool:
+    # The server sets it in its open() callback, just after writing the 101 the client has seen.
+    deadline = time.monotonic() + timeout
+    while not _peer_socket_nodelay(pid, peer):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _start_server(cmd: list[str], env: dict, netns: str | None = None) -> subprocess.Popen:
@@ -429,7 +442,7 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel['id']}/channels",
                                          header=[f"Authorization: token {token}"], timeout=60)
         try:
-            assert _peer_socket_nodelay(server.pid, ws.sock.getsockname())
+            assert _becomes_nodelay(server.pid, ws.sock.getsockname())
         finally:
             ws.close()
         assert _http(f"http://{base}/api/kernels/{kernel['id']}", token, "DELETE")[0] == 204
@@ -437,6 +450,50 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         _stop_server(server)
     for pi in gateways.lab.pis:
         assert not wait_gone(gateways.kernel_pids(pi), 15), f"kernel left on {pi}"
+
+
+def test_a_laptop_server_relaying_to_kernel_gateway_sends_at_once(tmp_path):
+    """`jupyter lab --gateway-url=...` as the README launches it: the laptop server's end of the
+    browser's kernel WebSocket has Nagle off too, and cells run through both hops."""
+    import websocket
+
+    from edgekernel.gateway.websocket_nodelay import NoDelayGatewayWebsocketConnection
+    kg_token, server_token = os.urandom(16).hex(), os.urandom(16).hex()
+    kg_port, port = _free_port(), _free_port()
+    env = dict(os.environ, PYTHONPATH=REPO, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    kg = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+                        f"--KernelGatewayApp.port={kg_port}", KERNEL_GATEWAY_OPTION],
+                       dict(env, KG_AUTH_TOKEN=kg_token))
+    connection_class = f"{NoDelayGatewayWebsocketConnection.__module__}.{NoDelayGatewayWebsocketConnection.__name__}"
+    server = _start_server([sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
+                            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--no-browser",
+                            "--allow-root", f"--ServerApp.root_dir={tmp_path}",
+                            f"--gateway-url=http://127.0.0.1:{kg_port}",
+                            f"--ServerApp.kernel_websocket_connection_class={connection_class}"],
+                           dict(env, JUPYTER_TOKEN=server_token, JUPYTER_GATEWAY_AUTH_TOKEN=kg_token))
+    base = f"127.0.0.1:{port}"
+    try:
+        _wait_http(f"http://127.0.0.1:{kg_port}/api", kg)
+        _wait_http(f"http://{base}/api", server)
+        status, kernel = _http(f"http://{base}/api/kernels", server_token, "POST", {"name": "python3"})
+        assert status == 201, status
+        assert _ws_execute(base, kernel["id"], server_token, "1+1")["result"] == "2"
+        ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel['id']}/channels",
+                                         header=[f"Authorization: token {server_token}"], timeout=60)
+        try:
+            assert _becomes_nodelay(server.pid, ws.sock.getsockname())
+        finally:
+            ws.close()
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}", server_token, "DELETE")[0] == 204
+    finally:
+        server.terminate()   # SIGINT would make jupyter_server ask for a confirmation first
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        assert not _alive(server.pid)
+        _stop_server(kg)
 
 
 def test_jupyter_run_from_another_process(gateways, kernels, tmp_path):
