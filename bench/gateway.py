@@ -1,6 +1,7 @@
 """Kernel start time and `1+1` round trip: a local kernel vs the same kernel on a simulated Pi through
 the edgekernel-ssh provisioner vs through jupyter-kernel-gateway on the Pi (HTTP/WebSocket over an SSH
-tunnel), measured side by side in one run. Needs root (it builds the two-Pi lab of tests/pi_lab.py).
+tunnel; as the README launches it, and with Kernel Gateway's defaults, which leave Nagle's algorithm on
+for kernel WebSockets), measured side by side in one run. Needs root (it builds the two-Pi lab of tests/pi_lab.py).
 
     sudo python bench/gateway.py [--rounds 200] [--starts 3]
 
@@ -135,11 +136,13 @@ def main() -> int:
                       PYTHONPATH=REPO)
     (root / "lab").mkdir()
     lab = PiLab(root / "lab").up()
-    kg = None
+    kgs: list[subprocess.Popen] = []
+    forwards: list[tuple[int, int]] = []
     rows = []
     try:
         from edgekernel.gateway import manage
         from edgekernel.gateway.ssh import SSHHost
+        from edgekernel.gateway.websocket_nodelay import KERNEL_GATEWAY_OPTION
         from edgekernel.install import install
         manage.add("pi1", "pi1", ssh_config=str(lab.ssh_config))
         board_spec = "edgekernel-pi1-" + lab.board_port.removeprefix("/dev/").replace("/", "-")
@@ -147,25 +150,30 @@ def main() -> int:
         jpath = str(root / "prefix" / "share" / "jupyter")
         os.environ["JUPYTER_PATH"] = jpath
 
-        # Kernel Gateway on pi1, on its loopback, reached through the SSH tunnel.
+        # Kernel Gateway on pi1, on its loopback, reached through the SSH tunnel: as the README
+        # launches it (Nagle off on kernel WebSockets), and with the defaults for comparison.
         token = os.urandom(16).hex()
-        kg_port, local = _free_port(), _free_port()
         env = dict(os.environ, KG_AUTH_TOKEN=token, EDGEKERNEL_RUNTIME_DIR=str(lab.pis["pi1"].runtime),
                    JUPYTER_RUNTIME_DIR=str(root / "pi1-kg-runtime"), EDGEKERNEL_PORT=lab.board_port)
-        kg = subprocess.Popen(["ip", "netns", "exec", lab.pis["pi1"].netns, sys.executable, "-m", "kernel_gateway",
-                               "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={kg_port}"],
-                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
         host = SSHHost("pi1", str(lab.ssh_config))
         host.ensure_master()
-        host.forward([(local, kg_port)])
-        base = f"127.0.0.1:{local}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://{base}/api", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        bases = {}
+        for variant, extra in (("nodelay", [KERNEL_GATEWAY_OPTION]), ("default", [])):
+            kg_port, local = _free_port(), _free_port()
+            kgs.append(subprocess.Popen(["ip", "netns", "exec", lab.pis["pi1"].netns, sys.executable, "-m",
+                                         "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+                                         f"--KernelGatewayApp.port={kg_port}", *extra],
+                                        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+            host.forward([(local, kg_port)])
+            forwards.append((local, kg_port))
+            bases[variant] = f"127.0.0.1:{local}"
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(f"http://{bases[variant]}/api", timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
         # The local Python kernel: the Pi's python3 spec, launched here.
         python_local = root / "data" / "kernels" / "local-python3"
@@ -188,19 +196,24 @@ def main() -> int:
         runs = [
             ("Python 3", "local", lambda: bench_manager("local-python3", args.rounds, args.starts)),
             ("Python 3", "Pi, provisioner", lambda: bench_manager("pi1-python3", args.rounds, args.starts)),
-            ("Python 3", "Pi, Kernel Gateway + ssh -L", lambda: bench_kg(base, token, "python3", args.rounds, args.starts)),
+            ("Python 3", "Pi, Kernel Gateway + ssh -L", lambda: bench_kg(bases["nodelay"], token, "python3",
+                                                                         args.rounds, args.starts)),
+            ("Python 3", "Pi, Kernel Gateway + ssh -L, KG defaults (Nagle on)",
+             lambda: bench_kg(bases["default"], token, "python3", args.rounds, args.starts)),
             ("MicroPython board", "local", lambda: bench_manager("local-board", args.rounds, args.starts)),
             ("MicroPython board", "Pi, provisioner", lambda: bench_manager(board_spec, args.rounds, args.starts)),
             ("MicroPython board", "Pi, Kernel Gateway + ssh -L",
-             lambda: bench_kg(base, token, "micropython", args.rounds, args.starts)),
+             lambda: bench_kg(bases["nodelay"], token, "micropython", args.rounds, args.starts)),
+            ("MicroPython board", "Pi, Kernel Gateway + ssh -L, KG defaults (Nagle on)",
+             lambda: bench_kg(bases["default"], token, "micropython", args.rounds, args.starts)),
         ]
         for kernel, path, run in runs:
             starts, rtts = run()
             rows.append((kernel, path, statistics.median(starts), statistics.median(rtts) * 1000,
                          statistics.quantiles(rtts, n=20)[-1] * 1000))
-        host.forward([(local, kg_port)], cancel=True)
+        host.forward(forwards, cancel=True)
     finally:
-        if kg is not None:
+        for kg in kgs:
             kg.send_signal(signal.SIGINT)
             try:
                 kg.wait(20)

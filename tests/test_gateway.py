@@ -19,6 +19,7 @@ import pytest
 
 from edgekernel.cli import main
 from edgekernel.gateway.ssh import SSHHost
+from edgekernel.gateway.websocket_nodelay import KERNEL_GATEWAY_OPTION
 from gateway_fixtures import execute, gateways, kernels, where  # noqa: F401  (fixtures)
 from pi_lab import REPO, _alive, wait_gone
 
@@ -286,24 +287,60 @@ def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
                             "content": {"code": code, "silent": False, "store_history": True,
                                         "user_expressions": {}, "allow_stdin": False}}))
         out = {"stdout": "", "result": None, "status": None}
-        idle = False  # iopub may deliver output after the shell reply: the cell is over at both
+        idle = False   # iopub and shell are separate streams: output is complete at iopub idle, not at the reply
         deadline = time.monotonic() + 60
         while (out["status"] is None or not idle) and time.monotonic() < deadline:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg["header"]["msg_type"]
-            if kind == "stream":
+            if kind == "status":
+                idle = idle or msg["content"]["execution_state"] == "idle"
+            elif kind == "stream":
                 out["stdout"] += msg["content"]["text"]
             elif kind == "execute_result":
                 out["result"] = msg["content"]["data"]["text/plain"]
             elif kind == "execute_reply":
                 out["status"] = msg["content"]["status"]
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                idle = True
         return out
     finally:
         ws.close()
+
+
+def _peer_socket_nodelay(pid: int, peer: tuple[str, int]) -> bool:
+    """TCP_NODELAY of process pid's socket connected to peer (its fd borrowed with pidfd_getfd)."""
+    import ctypes
+    getfd = ctypes.CDLL(None, use_errno=True).syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = getfd(438, pidfd, int(name), 0)   # SYS_pidfd_getfd on x86_64/arm64
+            if fd < 0:
+                continue
+            with socket.socket(fileno=fd) as s:
+                try:
+                    if s.family == socket.AF_INET and s.getpeername() == peer:
+                        return bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                except OSError:
+                    pass
+    finally:
+        os.close(pidfd)
+    raise AssertionError(f"process {pid} has no socket connected to {peer}")
+
+
+def _becomes_nodelay(pid: int, peer: tuple[str, int], timeout: float = 5) -> bool:
+    # The server sets it in its open() callback, just after writing the 101 the client has seen.
+    deadline = time.monotonic() + timeout
+    while not _peer_socket_nodelay(pid, peer):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _start_server(cmd: list[str], env: dict, netns: str | None = None) -> subprocess.Popen:
@@ -351,7 +388,8 @@ def test_kernel_gateway_on_a_pi_through_an_ssh_tunnel(gateways, tmp_path):
                JUPYTER_PATH=str(tmp_path / "pi1-prefix" / "share" / "jupyter"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "pi1-runtime"), EDGEKERNEL_PORT=gateways.lab.board_port)
     kg = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
-                        f"--KernelGatewayApp.port={kg_port}", "--KernelGatewayApp.default_kernel_name=micropython"],
+                        f"--KernelGatewayApp.port={kg_port}", "--KernelGatewayApp.default_kernel_name=micropython",
+                        KERNEL_GATEWAY_OPTION],
                        env, pi1.netns)
     host = SSHHost("pi1", str(gateways.lab.ssh_config))
     local = _free_port()
@@ -386,7 +424,8 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, KG_AUTH_TOKEN=token, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
     server = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
                             f"--KernelGatewayApp.port={port}",
-                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}"], env)
+                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}",
+                            KERNEL_GATEWAY_OPTION], env)
     base = f"127.0.0.1:{port}"
     try:
         _wait_http(f"http://{base}/api", server)
@@ -397,11 +436,64 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         assert "10.231.0.1" in cell["stdout"] and "10.231.0.1/24" not in cell["stdout"], cell  # on a Pi
         assert _http(f"http://{base}/api/kernels/{kernel['id']}/restart", token, "POST", {})[0] == 200
         assert _ws_execute(base, kernel["id"], token, "1+1")["result"] == "2"
+        # Nagle off on the server's end of a kernel WebSocket (tornado turns it on again after the
+        # upgrade; with it on, each reply waits ~40 ms for the client's delayed ACK: issue 7).
+        import websocket
+        ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel['id']}/channels",
+                                         header=[f"Authorization: token {token}"], timeout=60)
+        try:
+            assert _becomes_nodelay(server.pid, ws.sock.getsockname())
+        finally:
+            ws.close()
         assert _http(f"http://{base}/api/kernels/{kernel['id']}", token, "DELETE")[0] == 204
     finally:
         _stop_server(server)
     for pi in gateways.lab.pis:
         assert not wait_gone(gateways.kernel_pids(pi), 15), f"kernel left on {pi}"
+
+
+def test_a_laptop_server_relaying_to_kernel_gateway_sends_at_once(tmp_path):
+    """`jupyter lab --gateway-url=...` as the README launches it: the laptop server's end of the
+    browser's kernel WebSocket has Nagle off too, and cells run through both hops."""
+    import websocket
+
+    from edgekernel.gateway.websocket_nodelay import NoDelayGatewayWebsocketConnection
+    kg_token, server_token = os.urandom(16).hex(), os.urandom(16).hex()
+    kg_port, port = _free_port(), _free_port()
+    env = dict(os.environ, PYTHONPATH=REPO, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    kg = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+                        f"--KernelGatewayApp.port={kg_port}", KERNEL_GATEWAY_OPTION],
+                       dict(env, KG_AUTH_TOKEN=kg_token))
+    connection_class = f"{NoDelayGatewayWebsocketConnection.__module__}.{NoDelayGatewayWebsocketConnection.__name__}"
+    server = _start_server([sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
+                            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--no-browser",
+                            "--allow-root", f"--ServerApp.root_dir={tmp_path}",
+                            f"--gateway-url=http://127.0.0.1:{kg_port}",
+                            f"--ServerApp.kernel_websocket_connection_class={connection_class}"],
+                           dict(env, JUPYTER_TOKEN=server_token, JUPYTER_GATEWAY_AUTH_TOKEN=kg_token))
+    base = f"127.0.0.1:{port}"
+    try:
+        _wait_http(f"http://127.0.0.1:{kg_port}/api", kg)
+        _wait_http(f"http://{base}/api", server)
+        status, kernel = _http(f"http://{base}/api/kernels", server_token, "POST", {"name": "python3"})
+        assert status == 201, status
+        assert _ws_execute(base, kernel["id"], server_token, "1+1")["result"] == "2"
+        ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel['id']}/channels",
+                                         header=[f"Authorization: token {server_token}"], timeout=60)
+        try:
+            assert _becomes_nodelay(server.pid, ws.sock.getsockname())
+        finally:
+            ws.close()
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}", server_token, "DELETE")[0] == 204
+    finally:
+        server.terminate()   # SIGINT would make jupyter_server ask for a confirmation first
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        assert not _alive(server.pid)
+        _stop_server(kg)
 
 
 def test_jupyter_run_from_another_process(gateways, kernels, tmp_path):
