@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="under this prefix")
     p.set_defaults(func=cmd_install)
 
+    from .mqtt.agent import add_agent_command
+    add_agent_command(sub)
+
     p = sub.add_parser("board", help="start an emulated board and print its serial device path")
     try:
         from .emulator.cli import add_board_arguments, run_board

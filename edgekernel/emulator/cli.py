@@ -178,3 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run an emulated MicroPython board on a pseudo-terminal.")
     add_board_arguments(parser)
     return run_board(parser.parse_args(argv))
+
+
+# Extensions that ship with edgekernel register themselves here.
+from ..mqtt.agent import register_board_extension as _register_mqtt  # noqa: E402
+
+_register_mqtt()
