@@ -129,6 +129,9 @@ class Agent:
         self.lock = _thread.allocate_lock() if _thread else None
         self.ready = None
         self.reader_id = None
+        self.owner = None
+        self.publishing = False
+        self.timer = None
         self.alive = False
         self.new_namespace()
 
@@ -207,31 +210,42 @@ class Agent:
         self.publish(self.topic_out, head.encode() + (data.encode() if isinstance(data, str) else data))
 
     def publish(self, topic, payload):
-        # The reader thread already holds the lock when its messages make us publish.
-        lock = self.lock if self.threaded and _thread.get_ident() != self.reader_id else None
-        if lock:
-            lock.acquire()
+        self.locked(self._publish, topic, payload)
+
+    def _publish(self, topic, payload):
+        self.publishing = True
         try:
             if self.alive:
                 self.client.publish(topic, payload)
         except Exception:
             self.alive = False
         finally:
-            if lock:
-                lock.release()
+            self.publishing = False
 
     def out(self, data):
-        self.buf += data.encode() if isinstance(data, str) else data
-        now = time.ticks_ms()
-        if len(self.buf) >= CHUNK or time.ticks_diff(now, self.last_flush) >= FLUSH_MS:
+        # Output is buffered and published in chunks; what a cell printed last is published within
+        # FLUSH_MS even if it then goes quiet (the reader thread or a timer calls tick()).
+        self.locked(self._append, data.encode() if isinstance(data, str) else data)
+        if len(self.buf) >= CHUNK or time.ticks_diff(time.ticks_ms(), self.last_flush) >= FLUSH_MS:
             self.flush()
 
+    def _append(self, data):
+        self.buf += data
+
     def flush(self):
+        self.locked(self._flush)
+
+    def _flush(self):
         while self.buf:
             part = self.buf[:CHUNK]
             self.buf = self.buf[CHUNK:]
             self.send("o", part)
         self.last_flush = time.ticks_ms()
+
+    def tick(self, _=None):
+        # Called every FLUSH_MS while a cell runs (the reader thread holds the lock already).
+        if self.buf and not self.publishing and time.ticks_diff(time.ticks_ms(), self.last_flush) >= FLUSH_MS:
+            self._flush()
 
     # -- incoming messages (from the reader thread, a socket callback, or the main loop) -----
 
@@ -336,6 +350,7 @@ class Agent:
         prev = None
         sock = None
         if self.dupterm:
+            self.start_timer()
             prev = os.dupterm(self.cap, 0)
             if self.interrupt_kind() == "dupterm":
                 sock = self.client.sock
@@ -349,6 +364,7 @@ class Agent:
                     sock.setsockopt(1, 20, None)
                 if self.dupterm:
                     os.dupterm(prev, 0)
+                    self.stop_timer()
             if self.kill_at is not None:
                 self.wait_for_sigint()  # asked to stop just as it ended: the signal lands here
         except BaseException as e:
@@ -370,18 +386,36 @@ class Agent:
         self.rid = None
 
     def locked(self, fn, *args):
-        # Shared state (queue, done list) is touched by the reader thread too; no GIL on the unix port.
-        lock = self.lock if self.threaded else None
-        if lock:
-            lock.acquire()
+        # Shared state (queue, done list, output, the socket) is touched by the reader thread too;
+        # there is no GIL on the unix port. Reentrant: the holder may call this again.
+        if not self.threaded or self.owner == _thread.get_ident():
+            return fn(*args)
+        self.lock.acquire()
+        self.owner = _thread.get_ident()
         try:
             return fn(*args)
         finally:
-            if lock:
-                lock.release()
+            self.owner = None
+            self.lock.release()
 
     def next_request(self):
         return self.queue.pop(0) if self.queue else None
+
+    def start_timer(self):
+        # Boards: a virtual timer schedules tick() between the cell's bytecodes.
+        try:
+            import machine
+            import micropython
+            self.timer = machine.Timer(-1)
+            self.timer.init(period=FLUSH_MS * 2, mode=machine.Timer.PERIODIC,
+                            callback=lambda t: micropython.schedule(self.tick, None))
+        except Exception:
+            self.timer = None
+
+    def stop_timer(self):
+        if self.timer is not None:
+            self.timer.deinit()
+            self.timer = None
 
     def on_socket_data(self, sock):
         # Dupterm ports, while a cell runs: a scheduled callback between the cell's bytecodes.
@@ -400,18 +434,23 @@ class Agent:
         poller.register(self.client.sock, select.POLLIN)
         keepalive = self.s.get("keepalive", 30) * 1000
         while self.alive:
-            events = poller.poll(1000)
+            events = poller.poll(FLUSH_MS if self.rid is not None else 1000)
             lock = self.lock
             lock.acquire()
+            self.owner = self.reader_id
             try:
+                if self.rid is not None:
+                    self.tick()
                 if events:
                     self.client.wait_msg()
                 elif keepalive and time.ticks_diff(time.ticks_ms(), self.last_ping) > keepalive // 2:
                     self.client.ping()
                     self.last_ping = time.ticks_ms()
-            except Exception:
+            except Exception as e:
+                print("ekagent: reader stopped: %r" % (e,))
                 self.alive = False
             finally:
+                self.owner = None
                 lock.release()
         if self.ready.locked():
             self.ready.release()

@@ -25,7 +25,7 @@ from .. import __version__
 from ..device import (BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
                       board_text)
 from ..ports import auto_port, list_serial_ports
-from . import file_magics, firmware_magics  # noqa: F401  (they register their magics)
+from . import file_magics, firmware_magics, mqtt_magics  # noqa: F401  (they register their magics)
 from . import introspect
 from .background import BackgroundJob
 from .magics import REGISTRY as magics
@@ -41,6 +41,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "esp8266": {"display": "MicroPython ESP8266", "prefer_esp": True, "esp_reset_lines": True},
     "serial": {"display": "MicroPython (serial)", "prefer_esp": False, "esp_reset_lines": False},
     "emulator": {"display": "MicroPython (emulated board)", "prefer_esp": False, "esp_reset_lines": False},
+    "mqtt": {"display": "MicroPython (MQTT)", "prefer_esp": False, "esp_reset_lines": False},
 }
 
 class BoardHandle:
@@ -152,6 +153,8 @@ class MicroPythonKernel(IPythonKernel):
     def _auto_connect(self) -> None:
         if self._reconnect:
             state, self._reconnect = self._reconnect, None
+            if state.get("mqtt") and mqtt_magics.connect_from_env(self, state):
+                return
             if state.get("port") and not state.get("emulator"):
                 self.connect(state["port"], state.get("baud", 115200), soft_reset=True,
                              note="kernel restarted: reconnected and soft-reset the board")
@@ -162,6 +165,8 @@ class MicroPythonKernel(IPythonKernel):
             return
         if self.profile_name == "emulator":
             self.start_emulator("unix")
+            return
+        if self.profile_name == "mqtt" and mqtt_magics.connect_from_env(self):
             return
         candidates = [p for p in list_serial_ports() if p.bridge and (p.is_esp or not self.profile["prefer_esp"])]
         if len(candidates) == 1:
@@ -177,10 +182,19 @@ class MicroPythonKernel(IPythonKernel):
         board = BoardSession.open(port, baud, log=self._log_board_bytes, link_options=link_options)
         if soft_reset:
             board.soft_reset()
+        self.attach_board(board, {"port": port, "baud": baud, "emulator": self.emulator is not None},
+                          f"{note + ': ' if note else ''}connected to {port} at {baud} baud"
+                          f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
+
+    def attach_board(self, board: Any, state: dict[str, Any], message: str) -> None:
+        """Make `board` (a BoardSession, or anything with its exec/interrupt surface, e.g. an
+        MqttSession) the one cells run on; `state` lets a restarted kernel reconnect."""
+        self.check_board_free()
+        if board is not self.board:
+            self.disconnect()
         self.board = board
-        self._write_state({"port": port, "baud": baud, "emulator": self.emulator is not None})
-        self.say(f"{note + ': ' if note else ''}connected to {port} at {baud} baud"
-                 f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
+        self._write_state(state)
+        self.say(message)
 
     def start_emulator(self, kind: str) -> None:
         from ..emulator import start_board
@@ -217,6 +231,7 @@ class MicroPythonKernel(IPythonKernel):
                          user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False,
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
         store_history = store_history and not silent  # the messaging spec: silent forces it off
+        self._allow_stdin = allow_stdin  # getpass() for magics that ask for a password
         self._parent_header_for_output = None if silent else self.get_parent("shell")
         magic_lines, rest = split_leading_magics(code, magics.body_magics)
         if magic_lines and magic_lines[-1].split()[0] == "%%local":
