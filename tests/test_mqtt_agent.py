@@ -176,9 +176,13 @@ def test_board_killed_mid_cell_gives_a_clear_error(mosquitto, agent_board_factor
     url = _url(mosquitto, "dev-k")
     ab = agent_board_factory(url)
     with MqttSession.open(url) as board:
-        threading.Timer(0.5, ab.kill).start()
-        with pytest.raises(BoardOffline) as info:
-            board.exec("while True:\n    pass")
+        killer = threading.Timer(0.5, ab.kill)
+        killer.start()
+        try:
+            with pytest.raises(BoardOffline) as info:
+                board.exec("while True:\n    pass")
+        finally:
+            killer.join()
         message = str(info.value)
         assert "went offline while the cell ran" in message and "\n" not in message
 
