@@ -249,16 +249,23 @@ def test_agent_install_over_serial(mosquitto, tmp_path):
     url = _url(mosquitto, "dev-i")
     with start_board("unix") as board:
         pids = {board.pid} | descendants(board.pid)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        secret, wifi_secret = "inst4ll-Pw", "w1fi-Pw"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), EK_T_PW=secret, EK_T_WIFI=wifi_secret)
         out = subprocess.run([sys.executable, "-m", "edgekernel", "agent", "install", "--port", board.port,
-                              "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--device-id", "dev-i"],
+                              "--broker", f"mqtt://inst@127.0.0.1:{mosquitto.port}", "--device-id", "dev-i",
+                              "--password-env", "EK_T_PW", "--wifi-ssid", "lab", "--wifi-password-env", "EK_T_WIFI"],
                              capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert "wrote ekagent.py" in out.stdout and "wrote main.py" in out.stdout
+        assert secret not in out.stdout + out.stderr and wifi_secret not in out.stdout + out.stderr
+        settings = json.loads((Path(board.flash_dir) / "ek_settings.json").read_text())
+        assert settings["password"] == secret and settings["wifi_password"] == wifi_secret
+        url = f"mqtt://inst@127.0.0.1:{mosquitto.port}/dev-i"
+        assert "wrote main.py" in out.stdout and "wrote ek_settings.json" in out.stdout
+        assert "wrote ekagent.mpy" in out.stdout or "kept the agent as .py" in out.stdout
         assert json.loads((Path(board.flash_dir) / "ek_settings.json").read_text())["device_id"] == "dev-i"
         board.hard_reset()
-        wait_presence(parse_mqtt_url(url), "online", timeout=30)
-        with MqttSession.open(url) as session:
+        wait_presence(parse_mqtt_url(url), "online", password=secret, timeout=30)
+        with MqttSession.open(url, password=secret) as session:
             assert session.exec("6 * 7", show_value=True).value == "42"
         pids |= descendants(board.pid)
     assert not wait_gone(pids)

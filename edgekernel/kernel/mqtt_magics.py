@@ -43,8 +43,9 @@ def connect(kernel: Any, url_text: str, *, password_env: str | None = None, ask:
             raise HostError("MqttError", "this front end cannot ask for a password: "
                                          "use %mqttconnect URL --password-env VAR") from None
     elif url.user is not None:
-        raise HostError("MqttError", f"the URL names user {url.user}: set {PASSWORD_ENV_ENV} to the name of "
-                                     "the variable that holds the password")
+        raise HostError("MqttError", f"the URL names user {url.user} and no password is at hand (a typed one is "
+                                     f"not kept): run %mqttconnect again, or set {PASSWORD_ENV_ENV} to the name "
+                                     "of the variable that holds it")
     session = MqttSession.open(url, password=password, timeout=timeout, ca_file=ca_file, insecure=insecure,
                                log=kernel._log_board_bytes)
     kernel.attach_board(session, {"mqtt": str(url), "password_env": password_env},

@@ -61,7 +61,8 @@ def agent_files(settings: dict[str, Any], *, main: bool = True) -> dict[str, byt
     return files
 
 
-def install_agent(board: Any, settings: dict[str, Any], *, main: bool = True, force_main: bool = False) -> list[str]:
+def install_agent(board: Any, settings: dict[str, Any], *, main: bool = True, force_main: bool = False,
+                  compile: bool = True) -> list[str]:
     """Write the agent onto a connected board (a BoardSession); return what was done, one line each.
 
     An existing main.py that is not ours is left alone (and said so) unless force_main.
@@ -79,10 +80,40 @@ def install_agent(board: Any, settings: dict[str, Any], *, main: bool = True, fo
             main = False
             notes.append("main.py exists and is not the agent's: left alone; add `import ekagent; ekagent.main()` "
                          "to it, or rerun with --force-main")
-    for name, data in agent_files(settings, main=main).items():
+    contents = agent_files(settings, main=main)
+    if compile:
+        contents, note = _compiled(board, contents)
+        notes.append(note)
+    for name, data in contents.items():
         files.put(data, name)
         notes.append(f"wrote {name} ({len(data)} bytes)")
+        if name.endswith(".mpy"):
+            try:  # a stale .py of the same module would be imported instead
+                files.rm(name[:-4] + ".py")
+            except Exception:
+                pass
     return notes
+
+
+def _compiled(board: Any, contents: dict[str, bytes]) -> tuple[dict[str, bytes], str]:
+    """The agent as .mpy for this board (an ESP8266 has too little RAM to compile a 17 KB .py at
+    import time); the .py files, and why, when mpy-cross or the board cannot do it."""
+    import tempfile
+
+    from ..firmware import FirmwareError, board_mpy_info, compile_for_board
+
+    try:
+        info = board_mpy_info(board)
+        out = dict(contents)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in AGENT_FILES:
+                src = Path(tmp) / name
+                src.write_bytes(contents[name])
+                out[name[:-3] + ".mpy"] = compile_for_board(src, info).read_bytes()
+                del out[name]
+        return out, f"compiled the agent to .mpy (version {info.version}) for this board"
+    except (FirmwareError, OSError) as exc:
+        return contents, f"kept the agent as .py (no .mpy: {exc})"
 
 
 # -- emulated boards running the agent ---------------------------------------------------------
@@ -232,6 +263,7 @@ def add_agent_command(sub: Any) -> None:
     q.add_argument("--wifi-password-env", metavar="VAR", help="environment variable holding the WLAN password")
     q.add_argument("--no-main", action="store_true", help="do not write main.py (start the agent yourself)")
     q.add_argument("--force-main", action="store_true", help="replace a main.py that is not the agent's")
+    q.add_argument("--no-mpy", action="store_true", help="write the agent as .py (default: .mpy compiled for the board)")
     q.set_defaults(func=cmd_agent_install)
 
 
@@ -263,7 +295,8 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
         return 2
     settings = agent_settings(url, password=password, wifi_ssid=args.wifi_ssid, wifi_password=wifi_password)
     with BoardSession.open(port, args.baud) as board:
-        for note in install_agent(board, settings, main=not args.no_main, force_main=args.force_main):
+        for note in install_agent(board, settings, main=not args.no_main, force_main=args.force_main,
+                                  compile=not args.no_mpy):
             print(note)
     print(f"agent installed for {url} on {port}: reset the board to start it "
           f"(its status appears on {topics(url.device_id)['status']})")
