@@ -31,6 +31,7 @@
 import gc
 import io
 import json
+import socket
 import sys
 import time
 
@@ -131,6 +132,7 @@ class Agent:
         self.reader_id = None
         self.owner = None
         self.publishing = False
+        self.flushing = False
         self.timer = None
         self.alive = False
         self.new_namespace()
@@ -236,15 +238,21 @@ class Agent:
         self.locked(self._flush)
 
     def _flush(self):
-        while self.buf:
-            part = self.buf[:CHUNK]
-            self.buf = self.buf[CHUNK:]
-            self.send("o", part)
+        self.flushing = True
+        try:
+            while self.buf:
+                part = self.buf[:CHUNK]
+                self.buf = self.buf[CHUNK:]
+                self.send("o", part)
+        finally:
+            self.flushing = False
         self.last_flush = time.ticks_ms()
 
     def tick(self, _=None):
-        # Called every FLUSH_MS while a cell runs (the reader thread holds the lock already).
-        if self.buf and not self.publishing and time.ticks_diff(time.ticks_ms(), self.last_flush) >= FLUSH_MS:
+        # Called every FLUSH_MS while a cell runs: by the reader thread (holding the lock), or on
+        # boards scheduled by a timer between bytecodes, so never in the middle of a publish.
+        if (self.buf and not self.publishing and not self.flushing
+                and time.ticks_diff(time.ticks_ms(), self.last_flush) >= FLUSH_MS):
             self._flush()
 
     # -- incoming messages (from the reader thread, a socket callback, or the main loop) -----
@@ -354,14 +362,14 @@ class Agent:
             prev = os.dupterm(self.cap, 0)
             if self.interrupt_kind() == "dupterm":
                 sock = self.client.sock
-                sock.setsockopt(1, 20, self.on_socket_data)  # SOL_SOCKET, the callback WebREPL uses
+                sock.setsockopt(socket.SOL_SOCKET, 20, self.on_socket_data)  # the callback WebREPL uses
         kind = "ok"
         try:
             try:
                 exec(code, self.g)
             finally:
                 if sock is not None:
-                    sock.setsockopt(1, 20, None)
+                    sock.setsockopt(socket.SOL_SOCKET, 20, None)
                 if self.dupterm:
                     os.dupterm(prev, 0)
                     self.stop_timer()
@@ -406,11 +414,16 @@ class Agent:
         try:
             import machine
             import micropython
-            self.timer = machine.Timer(-1)
-            self.timer.init(period=FLUSH_MS * 2, mode=machine.Timer.PERIODIC,
-                            callback=lambda t: micropython.schedule(self.tick, None))
-        except Exception:
-            self.timer = None
+        except ImportError:
+            return
+        for timer_id in (-1, 0):  # a virtual timer (ESP8266), else hardware timer 0 (ESP32)
+            try:
+                self.timer = machine.Timer(timer_id)
+                self.timer.init(period=FLUSH_MS * 2, mode=machine.Timer.PERIODIC,
+                                callback=lambda t: micropython.schedule(self.tick, None))
+                return
+            except Exception:
+                self.timer = None
 
     def stop_timer(self):
         if self.timer is not None:
