@@ -97,6 +97,15 @@ class _Helper:
         self.agent.flush()
         self.agent.send("v", repr(v))
 
+    def publish(self, topic, msg, retain=False):
+        # Telemetry from a cell: a topic without "/" goes under this board's own topics
+        # (edgekernel/<id>/<topic>); anything but str/bytes is sent as JSON.
+        if "/" not in topic:
+            topic = self.agent.base + topic
+        if not isinstance(msg, (str, bytes, bytearray)):
+            msg = json.dumps(msg)
+        self.agent.publish(topic, msg, retain)
+
     def soft(self):
         # Clear the namespace: what a soft reset means to a notebook.
         self.agent.new_namespace()
@@ -211,14 +220,14 @@ class Agent:
         self.seq += 1
         self.publish(self.topic_out, head.encode() + (data.encode() if isinstance(data, str) else data))
 
-    def publish(self, topic, payload):
-        self.locked(self._publish, topic, payload)
+    def publish(self, topic, payload, retain=False):
+        self.locked(self._publish, topic, payload, retain)
 
-    def _publish(self, topic, payload):
+    def _publish(self, topic, payload, retain=False):
         self.publishing = True
         try:
             if self.alive:
-                self.client.publish(topic, payload)
+                self.client.publish(topic, payload, retain)
         except Exception:
             self.alive = False
         finally:
@@ -443,10 +452,11 @@ class Agent:
         # unix port: this thread does all reading, so a ctl message is seen while a cell runs.
         import select
         self.reader_id = _thread.get_ident()
+        client = self.client
         poller = select.poll()
-        poller.register(self.client.sock, select.POLLIN)
+        poller.register(client.sock, select.POLLIN)
         keepalive = self.s.get("keepalive", 30) * 1000
-        while self.alive:
+        while self.alive and self.client is client:  # a reconnect has a reader of its own
             events = poller.poll(FLUSH_MS if self.rid is not None else 1000)
             lock = self.lock
             lock.acquire()
@@ -465,7 +475,7 @@ class Agent:
             finally:
                 self.owner = None
                 lock.release()
-        if self.ready.locked():
+        if self.client is client and self.ready.locked():
             self.ready.release()
 
     def serve(self):

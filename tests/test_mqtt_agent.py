@@ -278,3 +278,43 @@ def test_agent_install_refuses_missing_password_env():
                           "--broker", "mqtt://bob@127.0.0.1", "--device-id", "d", "--password-env", "NOPE_NOT_SET"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and "NOPE_NOT_SET is not set" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_interrupt_during_sleep_and_of_a_queued_request(mosquitto, agent_board_factory):
+    url = _url(mosquitto, "dev-q")
+    agent_board_factory(url)
+    with MqttSession.open(url) as board:
+        started = threading.Event()
+        threading.Thread(target=lambda: started.wait(30) and board.interrupt(), daemon=True).start()
+        r = board.exec("import time\nprint('sleeping')\ntime.sleep(60)", on_output=lambda b: started.set(), timeout=40)
+        assert r.error.type == "KeyboardInterrupt" and not r.timed_out
+        # A cell's own time limit interrupts it too, and says so.
+        r = board.exec("while True:\n    pass", timeout=1)
+        assert r.timed_out and r.error.type == "KeyboardInterrupt"
+        assert board.exec("2 ** 10", show_value=True).value == "1024"
+
+
+def test_cells_publish_telemetry(mosquitto, agent_board_factory):
+    url = _url(mosquitto, "dev-t")
+    agent_board_factory(url)
+    got = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.on_message = lambda c, u, m: got.append((m.topic, m.payload))
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe("edgekernel/dev-t/tele", 0)
+    client.subscribe("lab/raw", 0)
+    client.loop_start()
+    try:
+        time.sleep(0.2)
+        with MqttSession.open(url) as board:
+            r = board.exec("for i in range(3):\n    _ek.publish('tele', {'t': i, 'temp': 20.5 + i})\n"
+                           "_ek.publish('lab/raw', b'42')")
+            assert r.ok, r
+        deadline = time.monotonic() + 10
+        while len(got) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert [json.loads(p)["temp"] for t, p in got if t == "edgekernel/dev-t/tele"] == [20.5, 21.5, 22.5]
+    assert ("lab/raw", b"42") in got
