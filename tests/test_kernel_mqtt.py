@@ -77,13 +77,8 @@ def test_mqtt_kernelspec_runs_cells_through_the_broker(secured_board, kernel_env
     run = kernel.execute("1")
     assert run.status == "error" and "is offline" in run.content["evalue"]
     # The password never reaches the kernel's session log.
-    logs = list(Path(kernel_env_dir(kernel)).glob("edgekernel-*.log"))
+    logs = list((kernel_env.root / "runtime").glob("edgekernel-*.log"))
     assert logs and all(SECRET.encode() not in p.read_bytes() for p in logs)
-
-
-def kernel_env_dir(kernel) -> str:
-    import os
-    return os.environ["JUPYTER_RUNTIME_DIR"]
 
 
 def test_mqttconnect_magic_with_password_prompt_and_errors(secured_board, fresh_kernels):

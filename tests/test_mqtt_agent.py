@@ -318,3 +318,31 @@ def test_cells_publish_telemetry(mosquitto, agent_board_factory):
         client.loop_stop()
     assert [json.loads(p)["temp"] for t, p in got if t == "edgekernel/dev-t/tele"] == [20.5, 21.5, 22.5]
     assert ("lab/raw", b"42") in got
+
+
+def test_a_board_that_stops_answering(mosquitto, agent_board_factory):
+    """Frozen (SIGSTOP: the TCP connection stays up, so no last will yet): a clear timeout, no hang."""
+    import signal
+
+    from edgekernel.device import BoardNotResponding
+
+    url = _url(mosquitto, "dev-f")
+    ab = agent_board_factory(url)
+    frozen = sorted(descendants(ab.pid))
+    with MqttSession.open(url) as board:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BoardNotResponding, match="did not answer within 10 s"):
+                board.exec("1")
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        # Thawed, it runs what it was sent, and then answers again.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert board.exec("3 * 3", show_value=True).value == "9"
+                break
+            except BoardNotResponding:
+                assert time.monotonic() < deadline
