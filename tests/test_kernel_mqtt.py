@@ -67,6 +67,16 @@ def test_mqtt_kernelspec_runs_cells_through_the_broker(secured_board, kernel_env
     kernel.ok("import sys")
     reply = kernel.request("complete_request", {"code": "sys.imp", "cursor_pos": 7})
     assert "implementation" in reply["content"]["matches"]
+    # A background cell publishing telemetry; %bg stop interrupts it over MQTT.
+    kernel.ok("%%bg\nimport time\nn = 0\nwhile True:\n    _ek.publish('tele', {'n': n})\n    n += 1\n"
+              "    print('sent', n)\n    time.sleep(0.05)")
+    deadline = time.monotonic() + 30
+    while "sent" not in kernel.ok("%bg").stream():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert "board busy" in kernel.execute("1").content["evalue"]
+    assert "background job stopped after" in kernel.ok("%bg stop").stream()
+    assert int(kernel.ok("n").result_text) > 0
     # The board goes away mid-cell: one clear error line, no hang.
     msg_id = kernel.send_execute("while True:\n    pass")
     time.sleep(1.0)
