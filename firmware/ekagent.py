@@ -98,10 +98,12 @@ class _Helper:
         self.agent.send("v", repr(v))
 
     def publish(self, topic, msg, retain=False):
-        # Telemetry from a cell: a topic without "/" goes under this board's own topics
-        # (edgekernel/<id>/<topic>); anything but str/bytes is sent as JSON.
-        if "/" not in topic:
-            topic = self.agent.base + topic
+        # Telemetry from a cell, under this board's own topics: edgekernel/<id>/<topic>
+        # (e.g. "telemetry/env"); anything but str/bytes is sent as JSON.
+        self.publish_to(self.agent.base + topic, msg, retain)
+
+    def publish_to(self, topic, msg, retain=False):
+        # The same to a topic of your choice.
         if not isinstance(msg, (str, bytes, bytearray)):
             msg = json.dumps(msg)
         self.agent.publish(topic, msg, retain)

@@ -68,7 +68,7 @@ def test_mqtt_kernelspec_runs_cells_through_the_broker(secured_board, kernel_env
     reply = kernel.request("complete_request", {"code": "sys.imp", "cursor_pos": 7})
     assert "implementation" in reply["content"]["matches"]
     # A background cell publishing telemetry; %bg stop interrupts it over MQTT.
-    kernel.ok("%%bg\nimport time\nn = 0\nwhile True:\n    _ek.publish('tele', {'n': n})\n    n += 1\n"
+    kernel.ok("%%bg\nimport time\nn = 0\nwhile True:\n    _ek.publish('telemetry/count', {'n': n})\n    n += 1\n"
               "    print('sent', n)\n    time.sleep(0.05)")
     deadline = time.monotonic() + 30
     while "sent" not in kernel.ok("%bg").stream():

@@ -301,14 +301,14 @@ def test_cells_publish_telemetry(mosquitto, agent_board_factory):
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.on_message = lambda c, u, m: got.append((m.topic, m.payload))
     client.connect("127.0.0.1", mosquitto.port)
-    client.subscribe("edgekernel/dev-t/tele", 0)
+    client.subscribe("edgekernel/dev-t/telemetry/#", 0)
     client.subscribe("lab/raw", 0)
     client.loop_start()
     try:
         time.sleep(0.2)
         with MqttSession.open(url) as board:
-            r = board.exec("for i in range(3):\n    _ek.publish('tele', {'t': i, 'temp': 20.5 + i})\n"
-                           "_ek.publish('lab/raw', b'42')")
+            r = board.exec("for i in range(3):\n    _ek.publish('telemetry/env', {'t': i, 'temp': 20.5 + i})\n"
+                           "_ek.publish_to('lab/raw', b'42')")
             assert r.ok, r
         deadline = time.monotonic() + 10
         while len(got) < 4 and time.monotonic() < deadline:
@@ -316,7 +316,7 @@ def test_cells_publish_telemetry(mosquitto, agent_board_factory):
     finally:
         client.disconnect()
         client.loop_stop()
-    assert [json.loads(p)["temp"] for t, p in got if t == "edgekernel/dev-t/tele"] == [20.5, 21.5, 22.5]
+    assert [json.loads(p)["temp"] for t, p in got if t == "edgekernel/dev-t/telemetry/env"] == [20.5, 21.5, 22.5]
     assert ("lab/raw", b"42") in got
 
 
