@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -11,15 +12,20 @@ from collections.abc import Callable
 
 from . import __version__
 from .device import BoardSession, DeviceError, ExecResult, LinkError
+from .links import is_webrepl_url
 
 PORT_ENV = "EDGEKERNEL_PORT"
+WEBREPL_PASSWORD_ENV = "WEBREPL_PASSWORD"
 
 
 def _add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", "-p", default=os.environ.get(PORT_ENV),
-                   help=f"device path or pyserial URL (socket://, rfc2217://, loop://); default ${PORT_ENV} "
+                   help=f"device path, pyserial URL (socket://, rfc2217://, loop://) or WebREPL (ws://HOST:8266); default ${PORT_ENV} "
                         "or the first USB serial board found")
     p.add_argument("--baud", "-b", type=int, default=115200, help="baud rate (default 115200)")
+    p.add_argument("--password-env", metavar="VAR",
+                   help=f"ws:// ports: the environment variable holding the WebREPL password "
+                        f"(default ${WEBREPL_PASSWORD_ENV}; without it you are asked)")
     p.add_argument("--timeout", type=float, default=None,
                    help="overall time limit in seconds (default: none; Ctrl-C interrupts the board)")
 
@@ -34,8 +40,23 @@ def _resolve_port(args: argparse.Namespace) -> str:
     return port
 
 
+def _webrepl_password(args: argparse.Namespace, port: str) -> str:
+    """From the environment, else a terminal prompt; never from the command line."""
+    var = getattr(args, "password_env", None) or WEBREPL_PASSWORD_ENV
+    password = os.environ.get(var)
+    if password:
+        return password
+    if getattr(args, "password_env", None):
+        raise LinkError(f"${var} is not set: export it with the board's WebREPL password")
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"WebREPL password for {port}: ")
+    raise LinkError(f"no WebREPL password for {port}: set ${WEBREPL_PASSWORD_ENV} (or --password-env VAR)")
+
+
 def _open(args: argparse.Namespace) -> BoardSession:
-    return BoardSession.open(_resolve_port(args), args.baud)
+    port = _resolve_port(args)
+    options = {"password": _webrepl_password(args, port)} if is_webrepl_url(port) else {}
+    return BoardSession.open(port, args.baud, link_options=options)
 
 
 def _write_output(data: bytes) -> None:
@@ -173,6 +194,12 @@ def _files(board: BoardSession):
     return BoardFiles(board)
 
 
+def _via(files) -> str:
+    """Which transfer path was used, on links that have a choice (WebREPL)."""
+    path = files.last_path
+    return f" via {path}" if path is not None and is_webrepl_url(files.session.link.description) else ""
+
+
 def cmd_put(args: argparse.Namespace) -> int:
     with _open(args) as board:
         files = _files(board)
@@ -189,7 +216,7 @@ def cmd_put(args: argparse.Namespace) -> int:
             n = files.put(args.local, dest, progress=bar)
         finally:
             bar.close()
-        print(f"{n:,} bytes written to {dest} (verified)")
+        print(f"{n:,} bytes written to {dest} (verified){_via(files)}")
     return 0
 
 
@@ -199,13 +226,14 @@ def cmd_get(args: argparse.Namespace) -> int:
         local = os.path.join(local, os.path.basename(args.src))
     with _open(args) as board:
         bar = _ProgressBar(args.src)
+        files = _files(board)
         try:
-            data = _files(board).get(args.src, progress=bar)
+            data = files.get(args.src, progress=bar)
         finally:
             bar.close()
     with open(local, "wb") as f:
         f.write(data)
-    print(f"{len(data):,} bytes read into {local} (verified)")
+    print(f"{len(data):,} bytes read into {local} (verified){_via(files)}")
     return 0
 
 
@@ -323,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .mqtt.agent import add_agent_command
     add_agent_command(sub)
+    from .gateway.cli import add_gateway_parser
+    add_gateway_parser(sub)
 
     p = sub.add_parser("board", help="start an emulated board and print its serial device path")
     try:

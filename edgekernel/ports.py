@@ -1,6 +1,8 @@
 """Finding boards: serial ports with their USB IDs and a guess of what is on them."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
 
 from serial.tools import list_ports
@@ -61,6 +63,7 @@ def list_serial_ports(include_plain: bool = False) -> list[PortInfo]:
             continue
         bridge, board = guess(p.vid, p.pid)
         ports.append(PortInfo(p.device, p.vid, p.pid, p.serial_number, p.description or "", bridge, board))
+    ports.extend(advertised_boards())
     ports.sort(key=lambda p: (p.bridge is None, p.device))
     return ports
 
@@ -72,3 +75,37 @@ def auto_port(prefer_esp: bool = False) -> tuple[str | None, list[PortInfo]]:
     if prefer_esp:
         candidates = [p for p in candidates if p.is_esp] or candidates
     return (candidates[0].device if candidates else None), ports
+
+
+# -- emulated boards advertised on this machine (`edgekernel board --advertise`) ------------------
+# An emulated board has no USB IDs, so nothing would find it; while it runs it leaves a small JSON
+# file here, and `edgekernel devices` (so also `edgekernel gateway add`, run over SSH) lists it.
+EMULATED = "emulated"
+
+
+def _advertised_dir(create: bool = True):
+    from .runtime import runtime_dir
+    return runtime_dir("boards", create=create)
+
+
+def advertise_board(device: str, description: str) -> str:
+    """Advertise an emulated board on `device` for as long as this process lives; returns the file
+    to remove when the board stops (a file left by a dead process is ignored and removed)."""
+    path = _advertised_dir() / f"{os.getpid()}.json"
+    path.write_text(json.dumps({"device": device, "description": description, "pid": os.getpid()}))
+    return str(path)
+
+
+def advertised_boards() -> list[PortInfo]:
+    found = []
+    for path in sorted(_advertised_dir(create=False).glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+            os.kill(int(entry["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # its board process is gone
+            continue
+        if os.path.exists(entry["device"]):
+            found.append(PortInfo(entry["device"], None, None, None, entry.get("description", ""),
+                                  EMULATED, entry.get("description") or "emulated MicroPython board"))
+    return found

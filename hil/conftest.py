@@ -4,6 +4,9 @@ Targets
   unix         unix-port MicroPython on a pty (emulated board, unthrottled)
   unix-115200  the same behind the link simulator at 115200 baud
   microbit     QEMU micro:bit, MicroPython 1.9.2, 16 KB RAM, no raw-paste
+  webrepl      the unix board behind the emulated WebREPL (ws://127.0.0.1), in its board-faithful
+               mode (header/payload written apart with Nagle on, 20 ms per file chunk), with a
+               256-byte input buffer that drops overflow
   real         the board on $EDGEKERNEL_HIL_PORT (baud: $EDGEKERNEL_HIL_BAUD, default 115200)
 
 Emulated boards are started once per target and shared (QEMU boots in
@@ -25,7 +28,9 @@ from edgekernel.device import BoardSession, DeviceError, LinkError
 
 REAL_PORT = os.environ.get("EDGEKERNEL_HIL_PORT")
 REAL_BAUD = int(os.environ.get("EDGEKERNEL_HIL_BAUD", "115200"))
-TARGETS = ["unix", "unix-115200", "microbit", "real"]
+TARGETS = ["unix", "unix-115200", "microbit", "webrepl", "real"]
+#: The emulated WebREPL's password (handed to the board process in its environment).
+WEBREPL_PASSWORD = "hil-pw1"
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Target:
     raw_paste: bool = True
     soft_reset_on_exit: bool = True  # sys.exit() soft-resets (current firmware; not 1.9.2)
     slow: bool = False               # throttled link: size expectations accordingly
+    link_options: dict = field(default_factory=dict)   # e.g. the WebREPL password
     damaged: bool = field(default=False, repr=False)
 
     @property
@@ -66,6 +72,10 @@ class BoardPool:
             proc = start_board("unix", baud=115200, timeout=20)
         elif name == "microbit":
             proc = start_board("microbit", timeout=30)
+        elif name == "webrepl":
+            # An ESP8266's 256-byte input buffer that drops overflow, as its WebREPL feeds it.
+            proc = start_board("unix", timeout=20, webrepl=0, webrepl_password=WEBREPL_PASSWORD,
+                               webrepl_faithful=True, rx_buffer=256)
         else:
             raise ValueError(name)
         self.pids.add(proc.pid)
@@ -154,6 +164,14 @@ def target(request, pool) -> Target:
     except Exception as exc:  # noqa: BLE001 - a target that cannot start is skipped with the reason
         pytest.skip(f"{name}: could not start the emulated board: {exc}")
     t = Target(name, proc.port, 115200, proc)
+    if name == "webrepl":
+        t.port, t.link_options = proc.webrepl, {"password": WEBREPL_PASSWORD}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("WEBREPL_PASSWORD", WEBREPL_PASSWORD)   # for the CLI the scenarios run
+            yield t
+        if t.damaged:
+            pool.discard(name)
+        return
     if name == "microbit":
         t.ram_small, t.raw_paste, t.soft_reset_on_exit = True, False, False
     if name == "unix-115200":
@@ -180,7 +198,7 @@ class WireLog:
 
 
 def _connect(target: Target, log: WireLog, timeout: float = 15.0) -> BoardSession:
-    return BoardSession.open(target.port, target.baud, timeout=timeout, log=log)
+    return BoardSession.open(target.port, target.baud, timeout=timeout, log=log, link_options=target.link_options)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -203,7 +221,7 @@ def board(request, target: Target, pool) -> BoardSession:
         # The previous test left the board wedged: start a fresh one.
         pool.discard(target.name)
         proc = pool.get(target.name)
-        target.process, target.port = proc, proc.port
+        target.process, target.port = proc, (proc.webrepl or proc.port)
         session = _connect(target, log)
     # A known state: a clean heap and no globals left by the previous scenario
     # (a soft reset from the raw REPL: main.py does not run).

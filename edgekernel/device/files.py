@@ -16,6 +16,13 @@ Transfers, fastest first:
 * **literal** (anything else, e.g. the micro:bit's MicroPython 1.9.2): a few
   hundred bytes per program as base64 or a bytes literal, whichever is shorter.
 
+On a WebREPL link (ws://) there is a second way: WebREPL's own binary file protocol
+(``webrepl_files``). Which of the two is faster depends on the board and the network (its
+websocket round trip can cost ~40 ms per chunk), so it is measured once per session and
+direction: the session's first large transfer goes by REPL and is timed, a round trip and a
+1 KB probe time the file protocol, and later transfers take the path predicted to be faster for
+their size; ``last_path`` says which and why.
+
 Every transfer ends with the board's length and hash of what is in its file
 (sha256 where ``hashlib`` exists, else Adler-32 computed in Python on the
 board) compared with the host's. A failure raises ``FileTransferError`` whose
@@ -27,6 +34,7 @@ import ast
 import hashlib
 import os
 import re
+import time
 import weakref
 import zlib
 from collections.abc import Callable
@@ -34,6 +42,7 @@ from dataclasses import dataclass
 
 from .errors import DeviceError
 from .session import BoardSession
+from .webrepl_files import WebReplFileError, WebReplFiles, supports_file_protocol
 
 Progress = Callable[[int, int], None]
 """progress(done_bytes, total_bytes), called as a transfer advances."""
@@ -249,6 +258,30 @@ _ESC_RE = re.compile(rb"\x1b([ERD])")
 _caps_cache: "weakref.WeakKeyDictionary[BoardSession, Caps]" = weakref.WeakKeyDictionary()
 
 
+@dataclass(frozen=True)
+class TransferPath:
+    """Which way a transfer went and why (shown by %sendtofile/%fetchfile and the CLI)."""
+
+    name: str     # "repl" (raw-REPL transfer) or "webrepl" (WebREPL's binary file protocol)
+    reason: str
+
+    def __str__(self) -> str:
+        label = "WebREPL file protocol" if self.name == "webrepl" else "REPL transfer"
+        return f"{label} ({self.reason})" if self.reason else label
+
+
+#: Cost models per session and direction: {"put": {"repl": (fixed s, s per byte), "webrepl": (...)}, ...}.
+_path_costs: "weakref.WeakKeyDictionary[BoardSession, dict[str, dict[str, tuple[float, float]]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _predict(model: dict[str, tuple[float, float]], size: int) -> dict[str, float]:
+    return {path: fixed + size * per_byte for path, (fixed, per_byte) in model.items()}
+PROBE_SIZE = 1024     # random bytes; small: on the WebREPL path a probe costs a few 20 ms chunk turns
+PROBE_MIN = 8192      # the first transfer at least this large each way is timed (by REPL) and compared
+PROBE_NAME = ".ek_probe"
+
+
 def _indent(code: str) -> str:
     return "".join(" " + line + "\n" for line in code.splitlines())
 
@@ -267,10 +300,13 @@ class BoardFiles:
     """
 
     def __init__(self, session: BoardSession, *, mode: str = "auto") -> None:
-        """mode: 'auto' (fastest the board allows), 'stream' or 'literal' (force one)."""
+        """mode: 'auto' (fastest the board allows), 'stream' or 'literal' (force one REPL way),
+        'webrepl' (force WebREPL's file protocol, on ws:// links)."""
         self.session = session
         self.mode = mode
         self._caps: Caps | None = _caps_cache.get(session)
+        #: How the last put/get went (TransferPath), for the user.
+        self.last_path: TransferPath | None = None
 
     # -- capabilities ----------------------------------------------------------
 
@@ -396,16 +432,93 @@ class BoardFiles:
             with open(data, "rb") as f:
                 data = f.read()
         data = bytes(data)
-        if self._use_stream():
-            s0, n, digest = self._put_stream(data, dest, append, progress)
-        else:
-            s0, n, digest = self._put_literal(data, dest, append, progress)
+        self.last_path = self._choose_path("put", len(data), append=append)
+        started = time.perf_counter()
+        s0, n, digest = self._put_via(self.last_path.name, data, dest, append, progress)
+        seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             what = (f"{n:,} bytes arrived of {len(data):,}" if n != len(data)
                     else "the board's hash of the file differs from the data sent")
             kept = self._remove_after_failure(dest, append, s0)
             raise FileTransferError(f"put {dest}: verification failed ({what}); {kept}")
+        self._learn("put", len(data), seconds)
         return n
+
+    def _put_via(self, path: str, data: bytes, dest: str, append: bool,
+                 progress: Progress | None) -> tuple[int, int, bytes | int]:
+        if path == "webrepl":
+            try:
+                WebReplFiles(self.session).put(data, dest, progress)
+            except WebReplFileError as exc:
+                raise FileTransferError(str(exc)) from None
+            found = self.hash(dest)
+            if found is None:
+                raise FileTransferError(f"put {dest}: the board has no such file after the transfer")
+            return (0, *found)
+        if self._use_stream():
+            return self._put_stream(data, dest, append, progress)
+        return self._put_literal(data, dest, append, progress)
+
+    # -- choosing between the REPL and WebREPL's file protocol -----------------------------------
+
+    def _choose_path(self, direction: str, size: int, *, append: bool = False) -> TransferPath:
+        if not supports_file_protocol(self.session) or self.mode in ("stream", "literal"):
+            return TransferPath("repl", "")
+        if append:
+            return TransferPath("repl", "WebREPL's file protocol cannot append")
+        if self.mode == "webrepl":
+            return TransferPath("webrepl", "asked for")
+        models = _path_costs.setdefault(self.session, {})
+        if direction not in models:
+            # This transfer goes by REPL and is timed; _learn() then probes WebREPL's protocol.
+            return TransferPath("repl", "small file; paths not measured yet" if size < PROBE_MIN else "measuring")
+        predicted = _predict(models[direction], size)
+        best = min(predicted, key=lambda k: predicted[k])
+        return TransferPath(best, "measured; predicted for {:,} bytes: REPL {:.3f} s, WebREPL file protocol "
+                                  "{:.3f} s".format(size, predicted["repl"], predicted["webrepl"]))
+
+    def _learn(self, direction: str, size: int, seconds: float) -> None:
+        """After a large first transfer by REPL: model its cost from its own time, model WebREPL's
+        protocol from a round trip (version request) and a small probe file, and say which path
+        later transfers take."""
+        path = self.last_path
+        if path is None or path.reason != "measuring" or size < PROBE_MIN:
+            return
+        probe = os.urandom(PROBE_SIZE)
+        webrepl = (0.0, float("inf"))   # a failed probe: the file protocol is not used
+        try:
+            wr = WebReplFiles(self.session)
+            start = time.perf_counter()
+            wr.version()
+            round_trip = time.perf_counter() - start
+            if direction == "get":
+                self._put_via("repl", probe, PROBE_NAME, False, None)
+            start = time.perf_counter()
+            if direction == "put":
+                wr.put(probe, PROBE_NAME)
+            else:
+                wr.get(PROBE_NAME)
+            transfer = time.perf_counter() - start
+            start = time.perf_counter()
+            self.hash(PROBE_NAME)   # the verification every transfer ends with
+            verify = time.perf_counter() - start
+            webrepl = (round_trip + verify, max(0.0, transfer - round_trip) / PROBE_SIZE)
+        except DeviceError:
+            pass   # the user's transfer is done and verified; the probe only informs the next one
+        finally:
+            try:
+                self._run(f"import os\ntry:\n os.remove({PROBE_NAME!r})\nexcept OSError:\n pass\n", "rm probe")
+            except DeviceError:
+                pass
+        # The REPL path's fixed costs are in its own time: scaled with size (a little pessimistic).
+        model = {"repl": (0.0, seconds / size), "webrepl": webrepl}
+        _path_costs.setdefault(self.session, {})[direction] = model
+        predicted = _predict(model, size)
+        best = min(predicted, key=lambda k: predicted[k])
+        self.last_path = TransferPath("repl", "measured {:,} bytes: REPL {:.3f} s (this transfer), WebREPL file "
+                                      "protocol {:.3f} s (from a probe); next time: {}".format(
+                                          size, predicted["repl"], predicted["webrepl"],
+                                          "REPL" if best == "repl" else "WebREPL file protocol"))
 
     def _remove_after_failure(self, dest: str, append: bool, s0: int) -> str:
         if append:
@@ -568,22 +681,42 @@ class BoardFiles:
     def get(self, src: str, *, progress: Progress | None = None) -> bytes:
         """The contents of `src` on the board, verified by length and hash."""
         total = None
-        if progress is not None:
+        choosing = supports_file_protocol(self.session) and self.mode in ("auto", "webrepl")
+        if progress is not None or choosing:
             try:
                 total = self._size(src)
             except DeviceError:
                 total = None
-        if self.caps.stdout and self.mode != "literal":
-            data, (n, digest) = self._get_stream(src, progress, total)
+        if choosing and total is None and self.mode == "auto":
+            # Missing or unreadable: the REPL path reports the board's own error.
+            self.last_path = TransferPath("repl", "")
         else:
-            data, (n, digest) = self._get_literal(src, progress, total)
+            self.last_path = self._choose_path("get", total or 0)
+        started = time.perf_counter()
+        data, (n, digest) = self._get_via(self.last_path.name, src, progress, total)
+        seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             raise FileTransferError(
                 f"get {src}: verification failed (received {len(data):,} bytes, the board read {n:,}; "
                 "hashes differ); the file on the board is unchanged")
         if progress is not None:
             progress(len(data), len(data))
+        self._learn("get", len(data), seconds)
         return data
+
+    def _get_via(self, path: str, src: str, progress: Progress | None, total: int | None):
+        if path == "webrepl":
+            try:
+                data = WebReplFiles(self.session).get(src, progress, total)
+            except WebReplFileError as exc:
+                raise FileTransferError(str(exc)) from None
+            found = self.hash(src)
+            if found is None:
+                raise FileTransferError(f"get {src}: the file vanished from the board during the transfer")
+            return data, found
+        if self.caps.stdout and self.mode != "literal":
+            return self._get_stream(src, progress, total)
+        return self._get_literal(src, progress, total)
 
     def _size(self, path: str) -> int:
         if self.caps.stat:

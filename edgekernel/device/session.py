@@ -15,7 +15,8 @@ from __future__ import annotations
 import ast
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..links import Link, LinkClosed, open_link
@@ -81,6 +82,8 @@ class BoardSession:
         self._running = threading.Event()
         self._interrupt_at: float | None = None
         self._resync_after_run = False  # stray bytes may reach the prompt: re-enter raw REPL next time
+        #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back.
+        self.link_reopen_timeout = 20.0
         self.closed = False
 
     # -- opening and closing -------------------------------------------------
@@ -103,6 +106,26 @@ class BoardSession:
         with self._lock:
             self._enter_raw_repl(time.monotonic() + timeout)
             self._install_helpers(time.monotonic() + timeout)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the session for a transfer that speaks to the link directly (WebREPL's file
+        protocol): the board must be idle at its prompt, and nothing else may talk meanwhile."""
+        if not self._lock.acquire(blocking=False):
+            raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
+        try:
+            self._check_open()
+            if not self._at_prompt:
+                self._enter_raw_repl(time.monotonic() + 10.0)
+            yield
+        finally:
+            self._lock.release()
+
+    def reconnect(self, timeout: float | None = None) -> None:
+        """Connect again after the board dropped a link that can reopen (WebREPL)."""
+        with self._lock:
+            self._check_open()
+            self._reopen_after_reset(time.monotonic() + (self.link_reopen_timeout if timeout is None else timeout))
 
     def close(self, *, leave_raw_repl: bool = True) -> None:
         """Leave the board in its friendly REPL and close the link."""
@@ -463,11 +486,24 @@ class BoardSession:
         self._buf.clear()
         self._at_prompt = self._helpers = False
         self.link.write(b"\x04")
-        self._read_until(SOFT_REBOOT, deadline, "soft reboot")
-        # boot.py may print between the reboot line and the banner.
-        self._read_until(RAW_BANNER, deadline, "raw REPL banner after soft reboot")
+        try:
+            self._read_until(SOFT_REBOOT, deadline, "soft reboot")
+            # boot.py may print between the reboot line and the banner.
+            self._read_until(RAW_BANNER, deadline, "raw REPL banner after soft reboot")
+        except LinkClosed:
+            if not self.link.can_reopen:
+                raise
+            self._reopen_after_reset(deadline)
         self._at_prompt = True
         self._install_helpers(deadline)
+
+    def _reopen_after_reset(self, deadline: float) -> None:
+        """The board dropped the link as it reset (WebREPL clients go with a reset): connect
+        again and re-enter the raw REPL (the mode survives the reset, the prompt text does not)."""
+        self._buf.clear()
+        self._at_prompt = self._helpers = False
+        self.link.reopen(max(1.0, deadline - time.monotonic()))
+        self._enter_raw_repl(deadline)
 
     def hard_reset(self, timeout: float = 10.0) -> None:
         """Reset the chip through the link (DTR/RTS on ESP boards), then re-enter the raw REPL."""
@@ -540,6 +576,26 @@ class _Follower:
                 self.on_output(data)
 
     def run(self) -> ExecResult:
+        try:
+            return self._run()
+        except LinkClosed:
+            # A link that reopens (WebREPL) loses its connection when the board resets: with a
+            # reset in evidence, connect again and report the reset; anything else is a lost link.
+            s = self.s
+            evidence = (self.reset_suspect in ("soft", "hard") or self.state == "tail"
+                        or SOFT_REBOOT in self.recent())
+            if not (s.link.can_reopen and evidence):
+                raise
+            s._running.clear()
+            s._reopen_after_reset(time.monotonic() + s.link_reopen_timeout)
+            r = self.result
+            r.output = bytes(self.output)
+            r.reset = "hard" if self.reset_suspect == "hard" else "soft"
+            if s._interrupt_at is not None:
+                r.interrupted = InterruptReport(self.last_step, time.monotonic() - s._interrupt_at)
+            return r
+
+    def _run(self) -> ExecResult:
         s = self.s
         while True:
             done = self.parse()

@@ -91,6 +91,8 @@ class BoardProcess:
         self.pid = proc.pid
         self.kind: str = info["kind"]
         self.flash_dir = info.get("flash")
+        #: ws://127.0.0.1:PORT/ when the board serves an emulated WebREPL (start_board(webrepl=...)).
+        self.webrepl: str | None = info.get("webrepl")
         self._tmp_dirs = tmp_dirs
         self._log_path = log_path
         self._inner: set[int] = set()
@@ -173,12 +175,16 @@ class BoardProcess:
 
 def start_board(kind: str = "unix", *, baud: int | None = None, latency_ms: float = 0, rx_buffer: int | None = None,
                 flash_dir: str | None = None, timeout: float = 20, heapsize: str | None = None,
-                rx_rate: float | None = None) -> BoardProcess:
+                rx_rate: float | None = None, webrepl: int | None = None, webrepl_password: str | None = None,
+                webrepl_faithful: bool = False) -> BoardProcess:
     """Start an emulated board in its own process and return once its REPL has answered.
 
     ``baud``/``latency_ms`` put the link simulator in front; ``rx_buffer`` (unix only) models a small
     board's receive buffer that drops overflow, ``rx_rate`` how fast the board drains it (bytes/s).
     ``flash_dir`` (unix) is the board's filesystem; default: a fresh temp dir removed at stop.
+    ``webrepl`` serves an emulated WebREPL on that 127.0.0.1 port (0: any free one; the URL is
+    ``info["webrepl"]``) with ``webrepl_password`` (handed over in the environment, never in argv);
+    ``webrepl_faithful`` gives it the ESP8266's timing (see ``edgekernel.emulator.webrepl``).
     Raises :class:`BoardError` with a one-line reason if the board cannot start.
     """
     if kind not in BOARD_KINDS:
@@ -203,6 +209,11 @@ def start_board(kind: str = "unix", *, baud: int | None = None, latency_ms: floa
         cmd += ["--heapsize", heapsize]
     # The child must import this very package, installed or not.
     env = dict(os.environ)
+    if webrepl is not None:
+        cmd += ["--webrepl", str(webrepl), "--webrepl-password-env", "EDGEKERNEL_WEBREPL_PASSWORD"]
+        if webrepl_faithful:
+            cmd.append("--webrepl-faithful")
+        env["EDGEKERNEL_WEBREPL_PASSWORD"] = webrepl_password or os.environ.get("WEBREPL_PASSWORD", "")
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     fd, log_path = tempfile.mkstemp(prefix="edgekernel-board-", suffix=".log")

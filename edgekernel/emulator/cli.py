@@ -62,8 +62,13 @@ def register_extension(extension: BoardExtension) -> None:
     EXTENSIONS.append(extension)
 
 
+def _load_builtin_extensions() -> None:
+    from . import webrepl  # noqa: F401  (registers --webrepl)
+
+
 def add_board_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgekernel board``."""
+    _load_builtin_extensions()
     parser.add_argument("--emulator", choices=BOARD_KINDS, default="unix",
                         help="unix: MicroPython's unix port; microbit: QEMU micro:bit (default: unix)")
     parser.add_argument("--baud", type=int, metavar="B",
@@ -83,6 +88,8 @@ def add_board_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print a JSON object (port, pid, kind, flash, ...) instead of the port path")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the board to boot")
+    parser.add_argument("--advertise", action="store_true",
+                        help="list this board in `edgekernel devices` while it runs (e.g. on a Pi gateway)")
     parser.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)  # exit on stdin EOF
     for ext in EXTENSIONS:
         ext.add_arguments(parser)
@@ -135,6 +142,10 @@ async def _serve(args: argparse.Namespace) -> int:
             cleanup = await ext.start(args, running)
             if cleanup is not None:
                 cleanups.append(cleanup)
+        if getattr(args, "advertise", False):
+            from ..ports import advertise_board
+            advert = advertise_board(link.port, f"emulated MicroPython board ({args.emulator})")
+            cleanups.append(lambda: _unadvertise(advert))
         print(json.dumps(info) if args.json else link.port, flush=True)
         if args.watch_stdin:
             try:
@@ -161,6 +172,13 @@ async def _serve(args: argparse.Namespace) -> int:
         if tmp_flash:
             shutil.rmtree(tmp_flash, ignore_errors=True)
     return status
+
+
+async def _unadvertise(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _on_stdin(stop: asyncio.Event) -> None:

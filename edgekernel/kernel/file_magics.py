@@ -12,6 +12,7 @@ from typing import Any
 
 from ..device import board_text
 from ..device.files import BoardFiles
+from ..links import is_webrepl_url
 from .magics import REGISTRY as magics
 from .magics import HostError
 
@@ -45,14 +46,21 @@ class NotebookProgress:
         self._send("display_data" if self.shown_at is None else "update_display_data", text)
         self.shown_at = now
 
-    def finish(self, size: int) -> None:
+    def finish(self, size: int, via: str = "") -> None:
         seconds = time.monotonic() - self.started
         rate = f", {size / seconds / 1000:.1f} KB/s" if seconds > 0 and size else ""
-        text = f"{self.label}: {size:,} bytes, verified, {seconds:.2f} s{rate}"
+        text = f"{self.label}: {size:,} bytes, verified, {seconds:.2f} s{rate}{via}"
         if self.shown_at is None:
             self.kernel.say(text + "\n")
         else:
             self._send("update_display_data", text)
+
+
+def transfer_path(files: BoardFiles) -> str:
+    """Which way the last transfer went, where there is a choice (WebREPL links)."""
+    if files.last_path is None or not is_webrepl_url(files.session.link.description):
+        return ""
+    return f", via {files.last_path}"
 
 
 def board_files(kernel: Any) -> BoardFiles:
@@ -94,7 +102,7 @@ def _sendtofile(kernel: Any, args: Any, body: str) -> None:
     progress = None if args.quiet else NotebookProgress(kernel, f"{'append to' if args.append else 'send'} {dest}")
     size = files.put(data, dest, append=args.append, progress=progress)
     if progress is not None:
-        progress.finish(size)
+        progress.finish(size, transfer_path(files))
 
 
 def _fetchfile_args(p: Any) -> None:
@@ -129,7 +137,7 @@ def _fetchfile(kernel: Any, args: Any, body: str) -> None:
         local = local / Path(args.src).name
     local.write_bytes(data)
     if progress is not None:
-        progress.finish(len(data))
+        progress.finish(len(data), transfer_path(files))
     kernel.say(f"saved as {local}\n")
 
 

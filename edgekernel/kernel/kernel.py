@@ -24,8 +24,9 @@ from jupyter_core.paths import jupyter_runtime_dir
 from .. import __version__
 from ..device import (BoardSession, DeviceError, ExecResult, LinkClosed, LinkError,
                       board_text)
+from ..links import is_webrepl_url
 from ..ports import auto_port, list_serial_ports
-from . import file_magics, firmware_magics, mqtt_magics  # noqa: F401  (they register their magics)
+from . import file_magics, firmware_magics, mqtt_magics, webrepl_magics  # noqa: F401  (they register their magics)
 from . import introspect
 from .background import BackgroundJob
 from .magics import REGISTRY as magics
@@ -104,6 +105,7 @@ class MicroPythonKernel(IPythonKernel):
         self._session_log = open(log_path, "ab", buffering=0)
         self.last_output = b""
         self._reconnect = self._read_state()
+        self._reconnect_password: str | None = None  # asked after a restart; used once, never stored
         self.signatures = introspect.SignatureIndex()
         self.bg_job: BackgroundJob | None = None
         self.pending_payload: list[dict[str, Any]] = []  # e.g. set_next_input from %fetchfile --load
@@ -156,8 +158,10 @@ class MicroPythonKernel(IPythonKernel):
             if state.get("mqtt") and mqtt_magics.connect_from_env(self, state):
                 return
             if state.get("port") and not state.get("emulator"):
+                password = webrepl_magics.reconnect_password(self, state) if is_webrepl_url(state["port"]) else None
                 self.connect(state["port"], state.get("baud", 115200), soft_reset=True,
-                             note="kernel restarted: reconnected and soft-reset the board")
+                             note="kernel restarted: reconnected and soft-reset the board",
+                             password=password, password_env=state.get("password_env"))
                 return
         port = os.environ.get(PORT_ENV)
         if port:
@@ -175,16 +179,26 @@ class MicroPythonKernel(IPythonKernel):
         found = ", ".join(p.device for p in candidates) or "none"
         raise HostError("NotConnected", f"no board connected: run %serialconnect --port PATH (boards found: {found})")
 
-    def connect(self, port: str, baud: int, *, soft_reset: bool = False, note: str | None = None) -> None:
+    def connect(self, port: str, baud: int, *, soft_reset: bool = False, note: str | None = None,
+                password: str | None = None, password_env: str | None = None) -> None:
         self.check_board_free()
         self.disconnect()
-        link_options = {"esp_reset_lines": self.profile["esp_reset_lines"]} if "://" not in port else {}
+        link_options: dict[str, Any] = {"esp_reset_lines": self.profile["esp_reset_lines"]} if "://" not in port else {}
+        if is_webrepl_url(port):
+            password = password or os.environ.get(webrepl_magics.PASSWORD_ENV)   # as the CLI does
+            if not password:
+                raise HostError("NoPassword", f"{port} is a WebREPL: connect with %websocketconnect {port} "
+                                              "(it asks for the password)")
+            link_options = {"password": password}   # the password goes to the link only
         board = BoardSession.open(port, baud, log=self._log_board_bytes, link_options=link_options)
         if soft_reset:
             board.soft_reset()
-        self.attach_board(board, {"port": port, "baud": baud, "emulator": self.emulator is not None},
-                          f"{note + ': ' if note else ''}connected to {port} at {baud} baud"
-                          f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
+        state = {"port": port, "baud": baud, "emulator": self.emulator is not None}
+        if password_env:
+            state["password_env"] = password_env   # the variable's name, never the password
+        where = "over WebREPL" if is_webrepl_url(port) else f"at {baud} baud"
+        self.attach_board(board, state, f"{note + ': ' if note else ''}connected to {port} {where}"
+                                        f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
 
     def attach_board(self, board: Any, state: dict[str, Any], message: str) -> None:
         """Make `board` (a BoardSession, or anything with its exec/interrupt surface, e.g. an
@@ -231,7 +245,7 @@ class MicroPythonKernel(IPythonKernel):
                          user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False,
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
         store_history = store_history and not silent  # the messaging spec: silent forces it off
-        self._allow_stdin = allow_stdin  # getpass() for magics that ask for a password
+        self._allow_stdin = allow_stdin   # for getpass() in magics (IPython's do_execute sets it for its cells)
         self._parent_header_for_output = None if silent else self.get_parent("shell")
         magic_lines, rest = split_leading_magics(code, magics.body_magics)
         if magic_lines and magic_lines[-1].split()[0] == "%%local":
@@ -294,6 +308,7 @@ class MicroPythonKernel(IPythonKernel):
         self.check_board_free()
         board = self.board
         if board is None or board.closed:
+            webrepl_magics.prepare_reconnect(self)   # a password prompt must come from this thread
             board = await loop.run_in_executor(self._worker, self.require_board)
         parent = self.get_parent("shell")
         ident = self._get_shell_context_var(self._shell_parent_ident)
@@ -335,8 +350,9 @@ class MicroPythonKernel(IPythonKernel):
             out.flush(final=True)
             self.last_output = bytes(collected)
             self.disconnect()
+            again = "%websocketconnect" if is_webrepl_url(str(getattr(board.link, "description", ""))) else "%serialconnect"
             raise LinkClosed(f"{exc}; nothing was lost up to here (%output shows it). "
-                             "Reconnect with %serialconnect") from None
+                             f"Reconnect with {again}") from None
         finally:
             self._release_sigint(previous)
         out.flush(final=True)

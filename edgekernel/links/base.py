@@ -46,6 +46,14 @@ class Link(ABC):
     def close(self) -> None: ...
 
     @property
+    def can_reopen(self) -> bool:
+        """True when the link can connect again after the board dropped it (WebREPL: a reset does)."""
+        return False
+
+    def reopen(self, timeout: float | None = None) -> None:
+        raise LinkClosed(f"{self.description}: the board disconnected")
+
+    @property
     def can_hard_reset(self) -> bool:
         """True when the link can reset the board itself (DTR/RTS wiring)."""
         return False

@@ -1,0 +1,185 @@
+"""``edgekernel gateway add|list|remove``: register Pis and write their kernelspecs on this machine.
+
+``add`` asks the Pi itself (``edgekernel.gateway.remote probe`` over SSH) which Python it has and
+which boards are attached, then writes one kernelspec per board (pinned to that Pi and board) and
+rewrites the "Python 3 on any Pi" kernelspec over every registered Pi. The registry of Pis is a small
+JSON file next to the kernelspecs, so ``list`` and ``remove`` need no network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_core.paths import jupyter_data_dir
+
+from ..ports import EMULATED, ESP_BRIDGES
+from .ssh import GatewayError, SSHHost
+
+PROVISIONER = "edgekernel-ssh"
+ANY_PI_KERNEL = "edgekernel-python-any-pi"
+GATEWAY_KEY = "edgekernel_gateway"  # kernelspec metadata naming the Pi a spec belongs to
+
+
+def _data_dir(prefix: str | None) -> Path:
+    return Path(prefix) / "share" / "jupyter" if prefix else Path(jupyter_data_dir())
+
+
+def _registry_path(prefix: str | None) -> Path:
+    return _data_dir(prefix) / "edgekernel" / "gateways.json"
+
+
+def load_registry(prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads(_registry_path(prefix).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_registry(registry: dict[str, dict[str, Any]], prefix: str | None) -> None:
+    path = _registry_path(prefix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(registry, indent=1, sort_keys=True))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.") or "x"
+
+
+def _provisioner(entry: dict[str, Any], hosts: list[str], board: str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"hosts": hosts, "python": entry["python"]}
+    if entry.get("ssh_config"):
+        config["ssh_config"] = entry["ssh_config"]
+    if board:
+        config["board"] = board
+    return {"provisioner_name": PROVISIONER, "config": config}
+
+
+def board_spec(name: str, entry: dict[str, Any], board: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(kernelspec name, kernel.json) of the MicroPython kernel pinned to one board on one Pi."""
+    device = board.get("by_id") or board["device"]
+    short = board["device"].removeprefix("/dev/")
+    if board.get("bridge") in ESP_BRIDGES:
+        profile, kind = "esp8266", "MicroPython ESP8266"
+    elif board.get("bridge") == EMULATED:
+        profile, kind = "serial", "MicroPython (emulated board)"
+    else:
+        profile, kind = "serial", "MicroPython"
+    spec = {
+        "argv": [entry["python"], "-m", "edgekernel.kernel", "-f", "{connection_file}"],
+        "display_name": f"{kind} on {name} ({short})",
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": {"EDGEKERNEL_PROFILE": profile, "EDGEKERNEL_PORT": device},
+        "metadata": {"debugger": False, GATEWAY_KEY: name,
+                     "kernel_provisioner": _provisioner(entry, [entry["ssh"]], device)},
+    }
+    return f"edgekernel-{_slug(name)}-{_slug(short)}", spec
+
+
+def any_pi_spec(registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The Python 3 kernel that runs on the least-loaded registered Pi."""
+    entries = [registry[n] for n in sorted(registry)]
+    pythons = {e["python"] for e in entries}
+    python = pythons.pop() if len(pythons) == 1 else "python3"
+    configs = {e.get("ssh_config") or "" for e in entries}
+    common = {"python": python, "ssh_config": configs.pop() if len(configs) == 1 else ""}
+    return {
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 on any Pi",
+        "language": "python",
+        "interrupt_mode": "signal",
+        "metadata": {"debugger": False, GATEWAY_KEY: "*",
+                     "kernel_provisioner": _provisioner(common, [e["ssh"] for e in entries])},
+    }
+
+
+def _install(name: str, spec: dict[str, Any], prefix: str | None) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / name
+        staged.mkdir()
+        (staged / "kernel.json").write_text(json.dumps(spec, indent=1))
+        logos = Path(__file__).resolve().parent.parent.parent / "kernelspecs" / "micropython"
+        for logo in ("logo-32x32.png", "logo-64x64.png"):
+            if (logos / logo).exists():
+                shutil.copy(logos / logo, staged / logo)
+        return KernelSpecManager().install_kernel_spec(str(staged), name, user=prefix is None, prefix=prefix)
+
+
+def _specs_of(gateway: str, prefix: str | None) -> list[tuple[str, str]]:
+    """(name, directory) of installed kernelspecs that belong to `gateway` ('*' = the any-Pi spec)."""
+    kernels = _data_dir(prefix) / "kernels"
+    found = []
+    for spec_file in sorted(kernels.glob("*/kernel.json")):
+        try:
+            spec = json.loads(spec_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if spec.get("metadata", {}).get(GATEWAY_KEY) == gateway:
+            found.append((spec_file.parent.name, str(spec_file.parent)))
+    return found
+
+
+def _write_any_pi(registry: dict[str, dict[str, Any]], prefix: str | None) -> list[tuple[str, str]]:
+    for _, path in _specs_of("*", prefix):
+        shutil.rmtree(path, ignore_errors=True)
+    if not registry:
+        return []
+    return [(ANY_PI_KERNEL, _install(ANY_PI_KERNEL, any_pi_spec(registry), prefix))]
+
+
+def add(name: str, ssh: str, *, ssh_config: str | None = None, python: str = "python3",
+        prefix: str | None = None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Check the Pi over SSH and write its kernelspecs. Returns (what the Pi reported, [(spec, path)])."""
+    if name == "*" or not name.strip():
+        raise GatewayError(f"{name!r} is not a usable gateway name: pick a short name such as pi-3")
+    if ssh_config:
+        ssh_config = os.path.abspath(ssh_config)
+    host = SSHHost(ssh, ssh_config)
+    out = host.run([python, "-m", "edgekernel.gateway.remote", "probe"], timeout=60, python=python)
+    try:
+        probe = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise GatewayError(f"{ssh} gave an unexpected answer to the probe: upgrade edgekernel there "
+                           f"('ssh {ssh} {python} -m pip install -U edgekernel')") from None
+    entry = {"ssh": ssh, "ssh_config": ssh_config or "", "python": probe["python"],
+             "hostname": probe.get("hostname"), "edgekernel": probe.get("edgekernel"),
+             "boards": [{k: b.get(k) for k in ("device", "by_id", "bridge", "board_guess", "usb_id")}
+                        for b in probe.get("boards", [])]}
+    registry = load_registry(prefix)
+    for _, path in _specs_of(name, prefix):  # boards that left the Pi lose their kernel
+        shutil.rmtree(path, ignore_errors=True)
+    registry[name] = entry
+    _save_registry(registry, prefix)
+    written = [(spec_name, _install(spec_name, spec, prefix))
+               for spec_name, spec in (board_spec(name, entry, b) for b in entry["boards"])]
+    written += _write_any_pi(registry, prefix)
+    return probe, written
+
+
+def remove(name: str, prefix: str | None = None) -> list[str]:
+    """Forget a Pi and delete its kernelspecs; returns the names of the deleted kernelspecs."""
+    registry = load_registry(prefix)
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise GatewayError(f"no gateway named {name!r} (registered: {known}): see 'edgekernel gateway list'")
+    removed = []
+    for spec_name, path in _specs_of(name, prefix):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(spec_name)
+    del registry[name]
+    _save_registry(registry, prefix)
+    _write_any_pi(registry, prefix)
+    if not registry:
+        removed.append(ANY_PI_KERNEL)
+    return removed
+
+
+def listing(prefix: str | None = None) -> list[dict[str, Any]]:
+    registry = load_registry(prefix)
+    return [{"name": n, **registry[n], "kernels": [s for s, _ in _specs_of(n, prefix)]} for n in sorted(registry)]

@@ -1,0 +1,260 @@
+"""A jupyter_client kernel provisioner that runs the kernel on a Raspberry Pi over OpenSSH.
+
+Selected by a kernelspec's ``metadata.kernel_provisioner`` (``edgekernel gateway add`` writes them),
+so JupyterLab, Notebook 7, ``jupyter console``, ``jupyter run`` and nbclient use it unchanged::
+
+    "kernel_provisioner": {"provisioner_name": "edgekernel-ssh",
+                           "config": {"hosts": ["pi-3"], "board": "/dev/ttyUSB0", "python": "/usr/bin/python3"}}
+
+How a kernel runs (nothing listens on the Pi's network, and the Pi never connects to the laptop):
+
+1. one ControlMaster SSH connection per Pi (``ssh.SSHHost``);
+2. ``python3 -m edgekernel.gateway.remote launch`` over it; the launch request, connection key
+   included, goes down the session's stdin (never argv); the Pi's keeper binds the kernel to
+   127.0.0.1 and answers with its ports;
+3. ``ssh -O forward`` maps the kernel's five ports to fixed 127.0.0.1 ports here; they are chosen
+   once and kept across restarts, so clients made before a restart keep working;
+4. the session's stdin carries signals (interrupt) and heartbeats; its stdout reports the kernel's
+   exit, so ``poll()`` knows the truth instead of guessing through a tunnel. When the session or the
+   heartbeats stop, the keeper ends the kernel on the Pi.
+"""
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import KernelProvisionerBase
+from traitlets import Float, List, Unicode
+
+from .hosts import choose_host
+from .ssh import GatewayError, SSHHost, explain_ssh_failure
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+LAUNCH_TIMEOUT = 60.0
+
+
+class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    hosts = List(Unicode(), help="SSH destinations (ssh config aliases or user@host) the kernel may run on; "
+                                 "one = pinned, several = least-loaded").tag(config=True)
+    ssh_config = Unicode("", help="ssh client config file (-F); empty: ~/.ssh/config").tag(config=True)
+    python = Unicode("python3", help="Python on the Pi that has edgekernel installed").tag(config=True)
+    board = Unicode("", help="serial device on the Pi this kernel holds (empty: no board)").tag(config=True)
+    heartbeat_interval = Float(5.0, help="seconds between heartbeats to the Pi; the Pi ends the kernel "
+                                         "after 4 missed ones").tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host: SSHHost | None = None
+        self.process: subprocess.Popen | None = None
+        self.remote_pid: int | None = None
+        self.remote_info: dict[str, Any] = {}
+        self.forwards: list[tuple[int, int]] = []
+        self.exit_code: int | None = None
+        self._events: queue.Queue = queue.Queue()
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._write_lock = threading.Lock()
+        self._stop_heartbeat = threading.Event()
+
+    # -- where --------------------------------------------------------------------------------
+
+    def _ssh_hosts(self) -> list[SSHHost]:
+        if not self.hosts:
+            raise GatewayError("this kernelspec names no Pi: run 'edgekernel gateway add NAME --ssh USER@HOST' again")
+        return [SSHHost(h, self.ssh_config or None) for h in self.hosts]
+
+    # -- launch -------------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self.parent
+        if km is not None:
+            km.transport = "tcp"
+            km.ip = "127.0.0.1"  # the local tunnel ends; kept (with their ports) across restarts
+            km.write_connection_file()
+        kwargs.pop("extra_arguments", None)
+        return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        km = self.parent
+        if self.host is None:  # a restart stays on the same Pi
+            self.host = await asyncio.to_thread(choose_host, self._ssh_hosts(), self.python)
+        host = self.host
+        await asyncio.to_thread(host.ensure_master)
+        request = {
+            "kernel_id": self.kernel_id, "argv": cmd, "env": dict(self.kernel_spec.env or {}),
+            "key": km.session.key.decode() if km is not None else "",
+            "signature_scheme": km.session.signature_scheme if km is not None else "hmac-sha256",
+            "kernel_name": getattr(km, "kernel_name", ""), "board": self.board or None,
+            "owner": f"{getpass.getuser()}@{socket.gethostname()}",
+            "heartbeat_timeout": 4 * self.heartbeat_interval,
+        }
+        self.exit_code = None
+        self._events = queue.Queue()
+        self.process = subprocess.Popen(
+            host.command_args([self.python, "-m", "edgekernel.gateway.remote", "launch"]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        threading.Thread(target=self._read_events, args=(self.process,), daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(self.process,), daemon=True).start()
+        self._send(request)
+        ready = await asyncio.to_thread(self._wait_ready)
+        self.remote_pid = int(ready["pid"])
+        self.remote_info = ready
+        remote_ports = ready["ports"]
+        if km is not None:
+            self.forwards = [(getattr(km, name), int(remote_ports[name])) for name in PORT_NAMES]
+            await asyncio.to_thread(host.forward, self.forwards)
+        self._stop_heartbeat = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(self.process, self._stop_heartbeat), daemon=True).start()
+        self.log.info("kernel %s runs on %s (pid %s)", self.kernel_id, host.destination, self.remote_pid)
+        self.connection_info = km.get_connection_info() if km is not None else {}
+        return self.connection_info
+
+    def _wait_ready(self) -> dict[str, Any]:
+        try:
+            event = self._events.get(timeout=LAUNCH_TIMEOUT)
+        except queue.Empty:
+            event = None
+        if event is not None and "ready" in event:
+            return event["ready"]
+        assert self.host is not None and self.process is not None
+        if event is not None and "error" in event:
+            message = event["error"]
+        elif event is None:
+            message = f"{self.host.destination} did not start the kernel within {LAUNCH_TIMEOUT:g} s: check the Pi"
+        else:
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            message = explain_ssh_failure(self.host.destination, "\n".join(self._stderr_tail), self.python)
+        self._end_local_session()
+        raise GatewayError(message)
+
+    # -- the session's two pipes ----------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        process = self.process
+        if process is None or process.stdin is None:
+            return False
+        try:
+            with self._write_lock:
+                process.stdin.write(json.dumps(message).encode() + b"\n")
+                process.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def _read_events(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if "exited" in event and process is self.process:
+                self.exit_code = int(event["exited"])
+            self._events.put(event)
+        self._events.put({"eof": True})
+
+    def _read_stderr(self, process: subprocess.Popen) -> None:
+        """Relay the Pi's kernel output (as a local kernel's stderr would appear)."""
+        assert process.stderr is not None
+        name = self.host.destination if self.host else "?"
+        for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self._stderr_tail.append(line)
+            print(f"[{name}] {line}", file=sys.stderr, flush=True)
+
+    def _heartbeat(self, process: subprocess.Popen, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_interval):
+            if process is not self.process or not self._send({"ping": 1}):
+                return
+
+    # -- state and signals ----------------------------------------------------------------------
+
+    @property
+    def has_process(self) -> bool:
+        return self.process is not None
+
+    async def poll(self) -> int | None:
+        if self.process is None:
+            return 0
+        if self.exit_code is not None:
+            return self.exit_code
+        return self.process.poll()
+
+    async def wait(self) -> int | None:
+        while True:
+            code = await self.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.05)
+
+    async def send_signal(self, signum: int) -> None:
+        self._send({"signal": int(signum)})
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Close the session (the keeper ends the kernel), confirm on the Pi, drop the tunnels."""
+        self._stop_heartbeat.set()
+        process, host = self.process, self.host
+        if process is not None and host is not None:
+            await asyncio.to_thread(self._close_session, process, host)
+        if host is not None and self.forwards:
+            await asyncio.to_thread(host.forward, self.forwards, True)
+        self.forwards = []
+        self.process = None
+        if not restart:
+            self.host = None
+
+    def _close_session(self, process: subprocess.Popen, host: SSHHost) -> None:
+        try:
+            if process.stdin is not None:
+                process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(15)
+            if self.exit_code is not None:
+                return  # the keeper reported that the kernel ended
+        except subprocess.TimeoutExpired:
+            self._end_local_session()
+        # The session ended without a word from the keeper: make sure nothing is left on the Pi.
+        try:
+            host.run([self.python, "-m", "edgekernel.gateway.remote", "reap", self.kernel_id], timeout=20,
+                     python=self.python)
+        except GatewayError as exc:
+            self.log.warning("could not confirm that kernel %s ended on %s: %s", self.kernel_id,
+                             host.destination, exc)
+
+    def _end_local_session(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    # -- persistence (jupyter_server) ------------------------------------------------------------
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update({"host": self.host.destination if self.host else None, "remote_pid": self.remote_pid})
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        if provisioner_info.get("host"):
+            self.host = SSHHost(provisioner_info["host"], self.ssh_config or None)
+        self.remote_pid = provisioner_info.get("remote_pid")

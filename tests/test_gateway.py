@@ -1,0 +1,424 @@
+"""Raspberry Pi gateways, end to end: two simulated Pis (network namespaces with their own sshd,
+key-only login), kernels started through the edgekernel-ssh provisioner by jupyter_client, nbclient
+and a Jupyter server, and jupyter-kernel-gateway running on a Pi behind an SSH tunnel.
+Needs root (skips with the reason otherwise)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edgekernel.cli import main
+from edgekernel.gateway.ssh import SSHHost
+from gateway_fixtures import execute, gateways, kernels, where  # noqa: F401  (fixtures)
+from pi_lab import REPO, _alive, wait_gone
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def kernel_files(gateways) -> dict:
+    return json.loads((gateways.data_dir / "kernels" / gateways.board_kernel / "kernel.json").read_text())
+
+
+# -- gateway add / list / remove ----------------------------------------------------------------
+
+def test_gateway_add_writes_pinned_board_and_any_pi_kernelspecs(gateways, capsys):
+    spec = kernel_files(gateways)
+    assert spec["display_name"] == f"MicroPython (emulated board) on pi1 ({gateways.lab.board_port[5:]})"
+    prov = spec["metadata"]["kernel_provisioner"]
+    assert prov["provisioner_name"] == "edgekernel-ssh"
+    assert prov["config"]["hosts"] == ["pi1"] and prov["config"]["board"] == gateways.lab.board_port
+    assert spec["env"]["EDGEKERNEL_PORT"] == gateways.lab.board_port
+    any_pi = json.loads((gateways.data_dir / "kernels" / gateways.any_pi_kernel / "kernel.json").read_text())
+    assert any_pi["metadata"]["kernel_provisioner"]["config"]["hosts"] == ["pi1", "pi2"]
+
+    assert main(["gateway", "list", "--json"]) == 0
+    listed = {g["name"]: g for g in json.loads(capsys.readouterr().out)}
+    assert [b["device"] for b in listed["pi1"]["boards"]] == [gateways.lab.board_port]
+    assert listed["pi2"]["boards"] == [] and listed["pi1"]["kernels"] == [gateways.board_kernel]
+
+    # A third name for pi2, then removed: the any-Pi kernel follows the registry.
+    assert main(["gateway", "add", "spare", "--ssh", "pi2", "--ssh-config", str(gateways.lab.ssh_config)]) == 0
+    any_pi = json.loads((gateways.data_dir / "kernels" / gateways.any_pi_kernel / "kernel.json").read_text())
+    assert any_pi["metadata"]["kernel_provisioner"]["config"]["hosts"] == ["pi1", "pi2", "pi2"]
+    assert main(["gateway", "remove", "spare"]) == 0
+    any_pi = json.loads((gateways.data_dir / "kernels" / gateways.any_pi_kernel / "kernel.json").read_text())
+    assert any_pi["metadata"]["kernel_provisioner"]["config"]["hosts"] == ["pi1", "pi2"]
+    capsys.readouterr()
+    assert main(["gateway", "remove", "nosuch"]) == 2
+    assert "no gateway named 'nosuch' (registered: pi1, pi2)" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    return err
+
+
+def test_errors_name_the_fix(gateways, capsys, tmp_path):
+    cfg = str(gateways.lab.ssh_config)
+    err = _one_line_error(capsys, ["gateway", "add", "x", "--ssh", "pi-unknown-key", "--ssh-config", cfg])
+    assert "host key of pi-unknown-key is not known" in err and "run 'ssh pi-unknown-key' once" in err
+    err = _one_line_error(capsys, ["gateway", "add", "x", "--ssh", "pi-off", "--ssh-config", cfg])
+    assert "cannot reach pi-off over SSH" in err and "check the Pi is on" in err
+    # A Python on the Pi without edgekernel (a bare venv, and no PYTHONPATH pointing at this checkout).
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = tmp_path / "bare-python"
+    bare.write_text(f"#!/bin/sh\nexec env -u PYTHONPATH {tmp_path / 'bare' / 'bin' / 'python'} \"$@\"\n")
+    bare.chmod(0o755)
+    err = _one_line_error(capsys, ["gateway", "add", "x", "--ssh", "pi2", "--ssh-config", cfg, "--python", str(bare)])
+    assert f"edgekernel is not installed on pi2 for {bare}: run 'ssh pi2 {bare} -m pip install edgekernel'" in err
+    assert main(["gateway", "list", "--json"]) == 0
+    assert "x" not in {g["name"] for g in json.loads(capsys.readouterr().out)}
+
+
+def test_unplugged_board_is_a_clear_error(gateways, kernels):
+    from jupyter_client import KernelManager
+    name = gateways.variant(gateways.board_kernel, "unplugged", board="/dev/pts/999999")
+    km = KernelManager(kernel_name=name)
+    with pytest.raises(Exception, match=r"board /dev/pts/999999 is not attached to .*\(unplugged\?\): plug it in"):
+        km.start_kernel()
+    assert not wait_gone(gateways.kernel_pids("pi1"), 15)
+
+
+# -- kernels on the Pis ---------------------------------------------------------------------------
+
+def test_board_kernel_runs_on_pi1_and_its_board(gateways, kernels):
+    km, kc = kernels.start(gateways.board_kernel)
+    assert "10.231.0.11/24" in where(kc, board=True)     # host side of the kernel: on pi1
+    cell = execute(kc, "import sys\nprint(sys.platform, sys.implementation.name)")
+    assert cell.status == "ok" and "linux micropython" in cell.stdout   # board side: the emulated board
+    assert execute(kc, "1+1").result == "2"
+    # The board is held for the kernel's lifetime: a second kernel for it is refused, naming the holder.
+    from jupyter_client import KernelManager
+    second = KernelManager(kernel_name=gateways.board_kernel)
+    with pytest.raises(Exception, match=f"board {gateways.lab.board_port} on .* is in use by kernel {km.kernel_id}"):
+        second.start_kernel()
+
+
+def test_python_kernel_goes_to_the_least_loaded_pi_in_turn(gateways, kernels):
+    km1, kc1 = kernels.start(gateways.any_pi_kernel)
+    km2, kc2 = kernels.start(gateways.any_pi_kernel)
+    first, second = where(kc1), where(kc2)
+    assert {("10.231.0.11/24" in first), ("10.231.0.11/24" in second)} == {True, False}
+    assert {("10.231.0.12/24" in first), ("10.231.0.12/24" in second)} == {True, False}
+    kernels.stop(km1, kc1)
+    kernels.stop(km2, kc2)
+    # Equal loads: consecutive kernels take the Pis in turn.
+    hosts = []
+    for _ in range(2):
+        km, kc = kernels.start(gateways.any_pi_kernel)
+        hosts.append(km.provisioner.host.destination)
+        kernels.stop(km, kc)
+    assert sorted(hosts) == ["pi1", "pi2"]
+
+
+def test_interrupt_python_and_board_kernels(gateways, kernels):
+    for name, loop in ((gateways.any_pi_kernel, "import time\ntime.sleep(60)"),
+                       (gateways.board_kernel, "while True:\n    pass")):
+        km, kc = kernels.start(name)
+        msg_id = kc.execute(loop)
+        time.sleep(1.0)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert execute(kc, "1+1").result == "2"
+        kernels.stop(km, kc)
+
+
+def test_restart_keeps_clients_and_leaves_nothing_on_the_pi(gateways, kernels):
+    km, kc = kernels.start(gateways.board_kernel)
+    assert execute(kc, "x = 41").status == "ok"
+    old_pid = km.provisioner.remote_pid
+    ports = km.get_connection_info()
+    km.restart_kernel()
+    kc.wait_for_ready(timeout=60)
+    assert km.get_connection_info()["shell_port"] == ports["shell_port"]
+    assert execute(kc, "1+1").result == "2"      # the client made before the restart still works
+    new_pid = km.provisioner.remote_pid
+    assert new_pid != old_pid
+    # Checked over SSH, independently of the provisioner: the old kernel is gone, the new one runs.
+    assert gateways.lab.ssh("pi1", f"kill -0 {old_pid}").returncode != 0
+    assert gateways.lab.ssh("pi1", f"kill -0 {new_pid}").returncode == 0
+    kernels.stop(km, kc)
+    assert gateways.lab.ssh("pi1", f"kill -0 {new_pid}").returncode != 0
+    status = gateways.lab.ssh("pi1", "python3 -m edgekernel.gateway.remote status")
+    assert json.loads(status.stdout)["kernels"] == 0
+    assert not wait_gone(gateways.kernel_pids("pi1"), 10)
+
+
+def test_key_is_in_no_command_line_and_no_log(gateways, kernels, capfd):
+    km, kc = kernels.start(gateways.board_kernel)
+    km2, kc2 = kernels.start(gateways.any_pi_kernel)
+    execute(kc, "print('hello')")
+    for manager in (km, km2):
+        key = manager.session.key
+        assert key
+        for entry in os.listdir("/proc"):   # one PID namespace: the laptop and both Pis
+            if entry.isdigit():
+                try:
+                    assert key not in Path(f"/proc/{entry}/cmdline").read_bytes(), f"key in argv of pid {entry}"
+                except OSError:
+                    pass
+    keys = [km.session.key, km2.session.key]
+    kernels.stop(km, kc)
+    kernels.stop(km2, kc2)
+    out, err = capfd.readouterr()
+    texts = [out.encode(), err.encode()]
+    for path in Path(gateways.lab.root).rglob("*"):   # Pis' runtime dirs, kernel logs, sshd logs
+        if path.is_file():
+            texts.append(path.read_bytes())
+    for key in keys:
+        assert not any(key in t for t in texts), "a connection key was found in a log or file"
+
+
+def _connect(address: str, port: int, netns: str | None = None) -> bool:
+    code = (f"import socket\ntry:\n socket.create_connection(('{address}', {port}), timeout=3).close(); print('open')\n"
+            "except OSError: print('closed')")
+    cmd = [sys.executable, "-c", code]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() == "open"
+
+
+def test_kernel_ports_only_through_the_tunnel(gateways, kernels):
+    km, kc = kernels.start(gateways.any_pi_kernel)
+    pi = gateways.lab.pis[km.provisioner.host.destination]
+    other = gateways.lab.pis["pi2" if pi.name == "pi1" else "pi1"]
+    remote_ports = km.provisioner.remote_info["ports"].values()
+    for port in remote_ports:
+        assert _connect("127.0.0.1", port, pi.netns)             # bound on the Pi's loopback...
+        assert not _connect(pi.address, port, other.netns)      # ...unreachable from another host
+        assert not _connect(pi.address, port)                   # ...and from the laptop
+    for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+        local = km.get_connection_info()[name]
+        assert _connect("127.0.0.1", local)                     # the tunnel's local end
+        assert not _connect(gateways.lab.pis["pi1"].address.rsplit(".", 1)[0] + ".1", local)  # loopback only
+    assert execute(kc, "1+1").result == "2"
+    # The Pi never connects to the laptop: every TCP connection on its network is loopback or
+    # an incoming SSH connection (local port 22).
+    established = pi.exec("ss", "-Htn", "state", "established").stdout.split("\n")
+    locals_ = [line.split()[-2] for line in established if line.strip()]
+    assert any(local.endswith(":22") for local in locals_), established   # the laptop's SSH connection
+    for local in locals_:
+        assert local.startswith("127.0.0.1:") or local.endswith(":22"), established
+
+
+def test_dead_ssh_connection_ends_the_kernel_on_the_pi(gateways, kernels):
+    # Heartbeat every 0.5 s: the Pi ends the kernel after 2 s without one.
+    name = gateways.variant(gateways.any_pi_kernel, "fast-heartbeat", heartbeat_interval=0.5, hosts=["pi2"])
+    km, kc = kernels.start(name)
+    remote_pid = km.provisioner.remote_pid
+    veth = gateways.lab._veth(2)
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)   # the network dies silently
+    try:
+        assert not wait_gone({remote_pid}, 30), "the kernel outlived its dead SSH connection"
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    kernels.stop(km, kc)
+    # The laptop side crashing (its ssh session killed) ends the kernel on the Pi too.
+    km, kc = kernels.start(gateways.any_pi_kernel)
+    remote_pid = km.provisioner.remote_pid
+    km.provisioner.process.kill()
+    assert not wait_gone({remote_pid}, 30), "the kernel outlived its killed SSH session"
+    kernels.stop(km, kc)
+
+
+def test_nbclient_runs_a_notebook_on_a_pi(gateways, kernels):
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import sys\nprint(sys.implementation.name)"),
+                nbformat.v4.new_code_cell("%%local\nimport subprocess\n"
+                                          "print(subprocess.run(['ip','-4','-o','addr'],capture_output=True,text=True).stdout)"),
+                nbformat.v4.new_code_cell("6*7")]
+    NotebookClient(nb, kernel_name=gateways.board_kernel, timeout=60, startup_timeout=60).execute()
+    assert nb.cells[0].outputs[-1]["text"].strip().endswith("micropython")
+    assert "10.231.0.11/24" in nb.cells[1].outputs[-1]["text"]
+    assert nb.cells[2].outputs[0]["data"]["text/plain"] == "42"
+    assert not wait_gone(gateways.kernel_pids("pi1"), 15)
+
+
+# -- HTTP/WebSocket: Kernel Gateway on a Pi through an SSH tunnel; a Jupyter server on the laptop ---
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, token: str | None, method: str = "GET", body: dict | None = None) -> tuple[int, dict | None]:
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            data = r.read()
+            return r.status, json.loads(data) if data else None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
+    """Run one cell over the kernel's WebSocket; returns {'status', 'stdout', 'result'}."""
+    import uuid
+
+    import websocket
+    ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel_id}/channels",
+                                     header=[f"Authorization: token {token}"], timeout=60)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t",
+                                       "session": uuid.uuid4().hex, "version": "5.3"},
+                            "parent_header": {}, "metadata": {}, "channel": "shell",
+                            "content": {"code": code, "silent": False, "store_history": True,
+                                        "user_expressions": {}, "allow_stdin": False}}))
+        out = {"stdout": "", "result": None, "status": None}
+        deadline = time.monotonic() + 60
+        while out["status"] is None and time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "stream":
+                out["stdout"] += msg["content"]["text"]
+            elif kind == "execute_result":
+                out["result"] = msg["content"]["data"]["text/plain"]
+            elif kind == "execute_reply":
+                out["status"] = msg["content"]["status"]
+        return out
+    finally:
+        ws.close()
+
+
+def _start_server(cmd: list[str], env: dict, netns: str | None = None) -> subprocess.Popen:
+    import tempfile
+    full = (["ip", "netns", "exec", netns] if netns else []) + cmd
+    log = tempfile.TemporaryFile()   # a file, not a pipe: a chatty server never blocks on a full pipe
+    proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            proc.log.seek(0)  # type: ignore[attr-defined]
+            raise AssertionError(f"server exited: {proc.log.read().decode()[-2000:]}")  # type: ignore[attr-defined]
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer")
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert not _alive(proc.pid)
+
+
+def test_kernel_gateway_on_a_pi_through_an_ssh_tunnel(gateways, tmp_path):
+    from edgekernel.install import install
+    pi1, pi2 = gateways.lab.pis["pi1"], gateways.lab.pis["pi2"]
+    install(prefix=str(tmp_path / "pi1-prefix"))   # the edgekernel kernelspecs as installed on the Pi
+    token = os.urandom(16).hex()
+    kg_port = _free_port()
+    env = dict(os.environ, PYTHONPATH=REPO, KG_AUTH_TOKEN=token, EDGEKERNEL_RUNTIME_DIR=str(pi1.runtime),
+               JUPYTER_PATH=str(tmp_path / "pi1-prefix" / "share" / "jupyter"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "pi1-runtime"), EDGEKERNEL_PORT=gateways.lab.board_port)
+    kg = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+                        f"--KernelGatewayApp.port={kg_port}", "--KernelGatewayApp.default_kernel_name=micropython"],
+                       env, pi1.netns)
+    host = SSHHost("pi1", str(gateways.lab.ssh_config))
+    local = _free_port()
+    try:
+        host.ensure_master()
+        host.forward([(local, kg_port)])
+        base = f"127.0.0.1:{local}"
+        _wait_http(f"http://{base}/api", kg)
+        assert _http(f"http://{base}/api/kernelspecs", None)[0] in (401, 403)      # token required
+        assert not _connect(pi1.address, kg_port, pi2.netns)                      # loopback on the Pi only
+        status, kernel = _http(f"http://{base}/api/kernels", token, "POST", {"name": "micropython"})
+        assert status == 201, status
+        cell = _ws_execute(base, kernel["id"], token, "import sys\nprint(sys.implementation.name)")
+        assert cell["status"] == "ok" and "micropython" in cell["stdout"], cell
+        here = _ws_execute(base, kernel["id"], token, "%%local\nimport subprocess\n"
+                           "print(subprocess.run(['ip','-4','-o','addr'],capture_output=True,text=True).stdout)")
+        assert "10.231.0.11/24" in here["stdout"], here
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}/interrupt", token, "POST", {})[0] == 204
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}", token, "DELETE")[0] == 204
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}", token)[0] == 404
+    finally:
+        host.forward([(local, kg_port)], cancel=True)
+        _stop_server(kg)
+    assert not wait_gone(gateways.kernel_pids("pi1"), 15)
+
+
+def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
+    """The shared-lab path: a Jupyter server (Kernel Gateway here; JupyterHub's single-user servers use
+    the same MappingKernelManager) starts kernels on the Pis through the same kernelspecs."""
+    token = os.urandom(16).hex()
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=REPO, KG_AUTH_TOKEN=token, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    server = _start_server([sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+                            f"--KernelGatewayApp.port={port}",
+                            f"--KernelGatewayApp.default_kernel_name={gateways.any_pi_kernel}"], env)
+    base = f"127.0.0.1:{port}"
+    try:
+        _wait_http(f"http://{base}/api", server)
+        status, kernel = _http(f"http://{base}/api/kernels", token, "POST", {"name": gateways.any_pi_kernel})
+        assert status == 201, status
+        cell = _ws_execute(base, kernel["id"], token, "import subprocess\n"
+                           "print(subprocess.run(['ip','-4','-o','addr'],capture_output=True,text=True).stdout)")
+        assert "10.231.0.1" in cell["stdout"] and "10.231.0.1/24" not in cell["stdout"], cell  # on a Pi
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}/restart", token, "POST", {})[0] == 200
+        assert _ws_execute(base, kernel["id"], token, "1+1")["result"] == "2"
+        assert _http(f"http://{base}/api/kernels/{kernel['id']}", token, "DELETE")[0] == 204
+    finally:
+        _stop_server(server)
+    for pi in gateways.lab.pis:
+        assert not wait_gone(gateways.kernel_pids(pi), 15), f"kernel left on {pi}"
+
+
+def test_jupyter_run_from_another_process(gateways, kernels, tmp_path):
+    """`jupyter run` (another process, as a second laptop would be) runs a script on a Pi, and is
+    refused the board that a kernel of this process holds."""
+    script = tmp_path / "where.py"
+    script.write_text("import subprocess\nprint(subprocess.run(['ip', '-4', '-o', 'addr'], capture_output=True, "
+                      "text=True).stdout)\n")
+    run = subprocess.run([sys.executable, "-m", "jupyter_client.runapp", f"--kernel={gateways.any_pi_kernel}",
+                          str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "10.231.0.11/24" in run.stdout or "10.231.0.12/24" in run.stdout, run.stdout
+    km, kc = kernels.start(gateways.board_kernel)
+    holding = gateways.kernel_pids("pi1")   # the board kernel and its keeper
+    board_script = tmp_path / "board.py"
+    board_script.write_text("print(1)\n")
+    run = subprocess.run([sys.executable, "-m", "jupyter_client.runapp", f"--kernel={gateways.board_kernel}",
+                          str(board_script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"is in use by kernel {km.kernel_id}" in run.stderr, run.stderr[-2000:]
+    for pi in gateways.lab.pis:
+        left = wait_gone(gateways.kernel_pids(pi) - holding, 15)
+        assert not left, f"jupyter run left kernels on {pi}: {left}"
