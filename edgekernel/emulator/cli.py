@@ -64,6 +64,8 @@ def register_extension(extension: BoardExtension) -> None:
 
 def _load_builtin_extensions() -> None:
     from . import webrepl  # noqa: F401  (registers --webrepl)
+    from ..mqtt.agent import register_board_extension
+    register_board_extension()  # --mqtt
 
 
 def add_board_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,9 +198,3 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run an emulated MicroPython board on a pseudo-terminal.")
     add_board_arguments(parser)
     return run_board(parser.parse_args(argv))
-
-
-# Extensions that ship with edgekernel register themselves here.
-from ..mqtt.agent import register_board_extension as _register_mqtt  # noqa: E402
-
-_register_mqtt()

@@ -243,9 +243,10 @@ def _password_from_env(var: str | None) -> str | None:
 
 
 def register_board_extension() -> None:
-    from ..emulator.cli import BoardExtension, register_extension
+    from ..emulator.cli import EXTENSIONS, BoardExtension, register_extension
 
-    register_extension(BoardExtension("mqtt", _board_arguments, _start_on_board))
+    if not any(ext.name == "mqtt" for ext in EXTENSIONS):
+        register_extension(BoardExtension("mqtt", _board_arguments, _start_on_board))
 
 
 # -- `edgekernel agent install` -----------------------------------------------------------------------
