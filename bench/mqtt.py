@@ -106,7 +106,6 @@ def main() -> int:
             for name, session in paths.items():
                 samples[name] += one_plus_one(session, per_block)
         prints = {name: big_print(session) for name, session in paths.items()}
-        ingest = telemetry_ingest(args.ingest_seconds) if args.ingest_seconds > 0 else None
     finally:
         for session in paths.values():
             session.close()  # type: ignore[attr-defined]
@@ -114,6 +113,8 @@ def main() -> int:
             board.stop()
         for broker in brokers:
             broker.stop()
+    # Alone on the machine: its own broker and publisher, nothing of the above still running.
+    ingest = telemetry_ingest(args.ingest_seconds) if args.ingest_seconds > 0 else None
 
     rows = []
     base = statistics.median(samples.get("mqtt/mosquitto") or next(iter(samples.values())))
