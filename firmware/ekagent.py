@@ -126,6 +126,9 @@ class Agent:
         self.s = settings
         self.base = "%s/%s/" % (settings.get("prefix", "edgekernel"), settings["device_id"])
         self.max_part = settings.get("max_part", MAX_PART)
+        gc.collect()
+        # Compiling needs several times the source's size in RAM: ~7 KB cells on an ESP8266.
+        self.max_cell = settings.get("max_cell") or min(MAX_CELL, gc.mem_free() // 4)
         self.cap = _Capture(self)
         self.buf = bytearray()
         self.last_flush = time.ticks_ms()
@@ -186,7 +189,7 @@ class Agent:
         return json.dumps({
             "state": "online", "impl": impl.name, "version": ".".join(str(v) for v in impl.version[:3]),
             "platform": sys.platform, "mem_free": gc.mem_free(), "agent": AGENT_VERSION,
-            "client": CLIENT, "max_part": self.max_part, "max_cell": self.s.get("max_cell", MAX_CELL),
+            "client": CLIENT, "max_part": self.max_part, "max_cell": self.max_cell,
             "interrupt": self.interrupt_kind(), "device": self.s["device_id"]})
 
     def connect(self):
@@ -288,9 +291,9 @@ class Agent:
         if a is None or a[0] != rid:
             if i != 0:
                 return  # a stray part of a request we dropped
-            if size > self.s.get("max_cell", MAX_CELL):
+            if size > self.max_cell:
                 self.refuse(rid, "cell too large for this board: %d bytes (limit %d); upload it as a module "
-                            "and import it" % (size, self.s.get("max_cell", MAX_CELL)))
+                            "and import it" % (size, self.max_cell))
                 return
             self.asm = None
             gc.collect()
@@ -529,8 +532,9 @@ class Agent:
 
     def stop(self):
         # A clean stop: say offline ourselves (a DISCONNECT suppresses the last will).
-        try:
-            self.client.publish(self.base + "status", b'{"state": "offline"}', True, 1)
+        self.alive = False
+        try:  # QoS 0: a QoS 1 publish would wait for a PUBACK that the reader thread may take
+            self.client.publish(self.base + "status", b'{"state": "offline"}', True, 0)
             self.client.disconnect()
         except Exception:
             pass

@@ -346,3 +346,35 @@ def test_a_board_that_stops_answering(mosquitto, agent_board_factory):
                 break
             except BoardNotResponding:
                 assert time.monotonic() < deadline
+
+
+def test_agent_refuses_a_cell_larger_than_its_ram_allows(mosquitto, agent_board_factory):
+    """The agent checks the announced size itself (a host that ignores max_cell gets a 'b' answer)."""
+    url = _url(mosquitto, "dev-r")
+    ab = agent_board_factory(url)
+    t = topics("dev-r")
+    answers = []
+    done = threading.Event()
+
+    def on_message(c, u, m):
+        if m.payload.startswith(b"huge-1 "):
+            answers.append(m.payload)
+            done.set() if b" d\n" in m.payload else None
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.on_message = on_message
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe(t["out"], 0)
+    client.loop_start()
+    try:
+        time.sleep(0.2)
+        size = ab.status["max_cell"] + 1
+        client.publish(t["exec"], f"huge-1 0/9 {size}\n".encode() + b"#" * 100, qos=1)
+        assert done.wait(20)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert answers[0].startswith(b"huge-1 0 b\ncell too large for this board")
+    assert answers[-1] == b"huge-1 1 d\nerr 0"
+    with MqttSession.open(url) as board:
+        assert board.exec("'still fine'", show_value=True).value == "'still fine'"
