@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="under this prefix")
     p.set_defaults(func=cmd_install)
 
+    from .mqtt.agent import add_agent_command
+    add_agent_command(sub)
     from .gateway.cli import add_gateway_parser
     add_gateway_parser(sub)
 

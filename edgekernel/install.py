@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-KERNEL_NAMES = ("micropython-esp8266", "micropython", "micropython-emulator")
+KERNEL_NAMES = ("micropython-esp8266", "micropython", "micropython-emulator", "micropython-mqtt")
 
 
 def kernelspec_sources() -> Path:

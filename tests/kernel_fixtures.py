@@ -157,7 +157,7 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelEnv]:
 
     root = tmp_path_factory.mktemp("jupyter")
     installed = install(prefix=str(root))
-    assert {name for name, _ in installed} == {"micropython", "micropython-emulator", "micropython-esp8266"}
+    assert {name for name, _ in installed} == {"micropython", "micropython-emulator", "micropython-esp8266", "micropython-mqtt"}
     jupyter_path = root / "share" / "jupyter"
     settings = {
         "JUPYTER_PATH": str(jupyter_path),

@@ -64,6 +64,8 @@ def register_extension(extension: BoardExtension) -> None:
 
 def _load_builtin_extensions() -> None:
     from . import webrepl  # noqa: F401  (registers --webrepl)
+    from ..mqtt.agent import register_board_extension
+    register_board_extension()  # --mqtt
 
 
 def add_board_arguments(parser: argparse.ArgumentParser) -> None:

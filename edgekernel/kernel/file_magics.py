@@ -68,7 +68,7 @@ def board_files(kernel: Any) -> BoardFiles:
     board = kernel.require_board()
     cached = getattr(kernel, "_board_files", None)
     if cached is None or cached.session is not board:
-        cached = kernel._board_files = BoardFiles(board)
+        cached = kernel._board_files = BoardFiles(board, mode=getattr(board, "files_mode", "auto"))
     return cached
 
 

@@ -26,7 +26,7 @@ from ..device import (BoardSession, DeviceError, ExecResult, LinkClosed, LinkErr
                       board_text)
 from ..links import is_webrepl_url
 from ..ports import auto_port, list_serial_ports
-from . import file_magics, firmware_magics, webrepl_magics  # noqa: F401  (they register their magics)
+from . import file_magics, firmware_magics, mqtt_magics, webrepl_magics  # noqa: F401  (they register their magics)
 from . import introspect
 from .background import BackgroundJob
 from .magics import REGISTRY as magics
@@ -42,6 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "esp8266": {"display": "MicroPython ESP8266", "prefer_esp": True, "esp_reset_lines": True},
     "serial": {"display": "MicroPython (serial)", "prefer_esp": False, "esp_reset_lines": False},
     "emulator": {"display": "MicroPython (emulated board)", "prefer_esp": False, "esp_reset_lines": False},
+    "mqtt": {"display": "MicroPython (MQTT)", "prefer_esp": False, "esp_reset_lines": False},
 }
 
 class BoardHandle:
@@ -154,6 +155,8 @@ class MicroPythonKernel(IPythonKernel):
     def _auto_connect(self) -> None:
         if self._reconnect:
             state, self._reconnect = self._reconnect, None
+            if state.get("mqtt") and mqtt_magics.connect_from_env(self, state):
+                return
             if state.get("port") and not state.get("emulator"):
                 password = webrepl_magics.reconnect_password(self, state) if is_webrepl_url(state["port"]) else None
                 self.connect(state["port"], state.get("baud", 115200), soft_reset=True,
@@ -166,6 +169,8 @@ class MicroPythonKernel(IPythonKernel):
             return
         if self.profile_name == "emulator":
             self.start_emulator("unix")
+            return
+        if self.profile_name == "mqtt" and mqtt_magics.connect_from_env(self):
             return
         candidates = [p for p in list_serial_ports() if p.bridge and (p.is_esp or not self.profile["prefer_esp"])]
         if len(candidates) == 1:
@@ -188,14 +193,22 @@ class MicroPythonKernel(IPythonKernel):
         board = BoardSession.open(port, baud, log=self._log_board_bytes, link_options=link_options)
         if soft_reset:
             board.soft_reset()
-        self.board = board
         state = {"port": port, "baud": baud, "emulator": self.emulator is not None}
         if password_env:
             state["password_env"] = password_env   # the variable's name, never the password
-        self._write_state(state)
         where = "over WebREPL" if is_webrepl_url(port) else f"at {baud} baud"
-        self.say(f"{note + ': ' if note else ''}connected to {port} {where}"
-                 f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
+        self.attach_board(board, state, f"{note + ': ' if note else ''}connected to {port} {where}"
+                                        f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
+
+    def attach_board(self, board: Any, state: dict[str, Any], message: str) -> None:
+        """Make `board` (a BoardSession, or anything with its exec/interrupt surface, e.g. an
+        MqttSession) the one cells run on; `state` lets a restarted kernel reconnect."""
+        self.check_board_free()
+        if board is not self.board:
+            self.disconnect()
+        self.board = board
+        self._write_state(state)
+        self.say(message)
 
     def start_emulator(self, kind: str) -> None:
         from ..emulator import start_board

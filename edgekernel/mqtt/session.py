@@ -1,0 +1,444 @@
+"""Run code on a board through an MQTT broker and the board's agent (firmware/ekagent.py).
+
+:class:`MqttSession` has the public surface of :class:`edgekernel.device.BoardSession` that the kernel
+uses (exec, eval, run_internal, interrupt, soft_reset, close, closed, running, link.description), so
+the kernel works unchanged above it. No Jupyter here.
+
+Wire format (topics under ``edgekernel/<device-id>/``; only ``status`` is ever retained):
+
+=========  ==========  =====  ===========================================================================
+topic      direction   QoS    payload
+=========  ==========  =====  ===========================================================================
+status     board→host  1, R   JSON ``{"state": "online", "impl", "version", "mem_free", "max_part", ...}``;
+                              last will ``{"state": "offline"}`` (retained)
+exec       host→board  1      ``<rid> <i>/<n> <size>\\n`` + part *i* of *n* of a *size*-byte cell
+ctl        host→board  1      ``int <rid>``: interrupt that request
+out        board→host  0      ``<rid> <seq> <kind>\\n<data>``; kinds: ``a`` accepted, ``o`` output,
+                              ``v`` repr of the trailing expression, ``e`` traceback, ``b`` refused,
+                              ``d`` done (``ok|err|int <ms>``, always last)
+=========  ==========  =====  ===========================================================================
+
+Request ids are ``<session>-<n>``: a host ignores output of other sessions, and the agent runs a
+redelivered (QoS 1) request once. Output is QoS 0: MQTT keeps order on one connection, and ``seq``
+shows a loss. How the agent interrupts running code is described in firmware/ekagent.py.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import queue
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from ..device import onboard
+from ..device.errors import BoardBusy, BoardNotResponding, DeviceError, LinkClosed
+from ..device.result import BoardException, ExecResult, InterruptReport, parse_traceback
+
+TOPIC_PREFIX = "edgekernel"
+DEFAULT_MAX_PART = 1800          # the agent announces its own limit in its status
+ACK_TIMEOUT = 10.0               # a board that does not start a request within this is not answering
+INTERRUPT_GRACE = 3.0            # after an interrupt, how long the board may take to say it stopped
+STATUS_WAIT = 2.0                # how long to wait for the board's retained status when connecting
+
+OutputCallback = Callable[[bytes], None]
+InputCallback = Callable[[str], "str | None"]
+
+
+class MqttError(DeviceError):
+    """The broker could not be used (down, refused the login, TLS). The message says what to do."""
+
+
+class BoardOffline(BoardNotResponding):
+    """The board's retained status says it is offline, or it went offline during a request."""
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    """``mqtt[s]://[user@]host[:port]/DEVICE_ID``. Never carries a password (see :func:`parse_mqtt_url`)."""
+
+    scheme: str
+    host: str
+    port: int
+    device_id: str
+    user: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "mqtts"
+
+    @property
+    def broker(self) -> str:
+        return f"{self.scheme}://{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.broker}/{self.device_id}"
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """Parse a board URL. A password in it is refused: it would end up in logs and history."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://[user@]broker[:port]/DEVICE_ID)")
+    if parts.password is not None:
+        raise ValueError("put no password in the URL (it would show in logs and history): "
+                         "use --password-env VAR or answer the prompt")
+    device_id = parts.path.strip("/")
+    if not device_id or "/" in device_id or "+" in device_id or "#" in device_id:
+        raise ValueError(f"the URL needs the board's device id as its path: mqtt://broker/DEVICE_ID (got {url!r})")
+    if not parts.hostname:
+        raise ValueError(f"the URL names no broker: {url!r}")
+    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    return MqttUrl(parts.scheme, parts.hostname, port, device_id, unquote(parts.username) if parts.username else None)
+
+
+def topics(device_id: str, prefix: str = TOPIC_PREFIX) -> dict[str, str]:
+    base = f"{prefix}/{device_id}/"
+    return {k: base + k for k in ("status", "exec", "ctl", "out")}
+
+
+def split_cell(rid: str, code: bytes, max_part: int) -> list[bytes]:
+    """The exec messages of one cell (at least one, even for empty code)."""
+    pieces = [code[i:i + max_part] for i in range(0, len(code), max_part)] or [b""]
+    n = len(pieces)
+    return [f"{rid} {i}/{n} {len(code)}\n".encode() + piece for i, piece in enumerate(pieces)]
+
+
+class _Where:
+    """Stands in for a byte link where the kernel asks for ``board.link.description``."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+
+class MqttSession:
+    """A board reached through an MQTT broker and its agent.
+
+    >>> with MqttSession.open("mqtt://127.0.0.1:1883/kitchen") as board:
+    ...     board.exec("print(1+1)").text
+    '2\\n'
+    """
+
+    #: BoardFiles must use its literal transfers: there is no raw byte stream to the board here.
+    files_mode = "literal"
+    raw_paste = None
+
+    def __init__(self, url: str | MqttUrl, *, password: str | None = None, ca_file: str | None = None,
+                 insecure: bool = False, log: Callable[[bytes], None] | None = None,
+                 prefix: str = TOPIC_PREFIX) -> None:
+        self.url = url if isinstance(url, MqttUrl) else parse_mqtt_url(url)
+        self.link = _Where(str(self.url))
+        self.log = log
+        self.topics = topics(self.url.device_id, prefix)
+        self.presence: dict[str, Any] | None = None
+        self.closed = False
+        self._password = password
+        self._ca_file = ca_file
+        self._insecure = insecure
+        self._session_id = secrets.token_hex(3)
+        self._counter = 0
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._rid: str | None = None
+        self._interrupt_at: float | None = None
+        self._connected = threading.Event()
+        self._answered = threading.Event()
+        self._connect_result: Any = None
+        self._status_seen = threading.Event()
+        self._client: mqtt.Client | None = None
+
+    # -- connecting ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | MqttUrl, *, password: str | None = None, timeout: float = 10.0,
+             **options: Any) -> "MqttSession":
+        session = cls(url, password=password, **options)
+        session.connect(timeout)
+        return session
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Connect to the broker, subscribe, and read the board's retained status."""
+        u = self.url
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ek-host-{self._session_id}",
+                             protocol=mqtt.MQTTv311, clean_session=True)
+        if u.user is not None:
+            client.username_pw_set(u.user, self._password)
+        if u.tls:
+            client.tls_set(ca_certs=self._ca_file, cert_reqs=ssl.CERT_NONE if self._insecure else ssl.CERT_REQUIRED)
+            if self._insecure:
+                client.tls_insecure_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = lambda *a: self._inbox.put(("subscribed", None))
+        try:
+            client.connect(u.host, u.port, keepalive=30)
+        except ssl.SSLError as exc:
+            raise MqttError(f"TLS with {u.broker} failed ({exc.reason or exc}): check mqtts:// and the broker's certificate") from None
+        except (ConnectionRefusedError, socket.gaierror, TimeoutError, OSError) as exc:
+            why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or str(exc))
+            raise MqttError(f"no MQTT broker answers at {u.host}:{u.port} ({why}): start one "
+                            "(e.g. mosquitto) or fix the URL") from None
+        client.loop_start()
+        self._client = client
+        if not self._answered.wait(timeout) or not self._connected.is_set():
+            self._stop_client()
+            if self._connect_result is not None:
+                raise MqttError(self._refusal(self._connect_result))
+            raise MqttError(f"the broker at {u.host}:{u.port} did not accept the connection within {timeout:.0f} s")
+        client.subscribe([(self.topics["status"], 1), (self.topics["out"], 0)])
+        self._status_seen.wait(STATUS_WAIT)
+
+    def _refusal(self, reason: Any) -> str:
+        text = str(reason)
+        if getattr(reason, "value", None) in (4, 5, 134, 135) or "user name" in text or "authori" in text.lower():
+            return (f"the broker at {self.url.host}:{self.url.port} refused the login ({text}): check the user name "
+                    "in the URL and the password (--password-env VAR)")
+        return f"the broker at {self.url.host}:{self.url.port} refused the connection ({text})"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._connect_result = reason
+            self._answered.set()
+            client.disconnect()  # no retrying with the same wrong password
+            return
+        if self._connected.is_set():  # a reconnect after a broker restart: subscribe again
+            client.subscribe([(self.topics["status"], 1), (self.topics["out"], 0)])
+        self._connected.set()
+        self._answered.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if self._connected.is_set():
+            self._inbox.put(("broker-lost", str(reason)))
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic == self.topics["status"]:
+            try:
+                presence = json.loads(message.payload or b"{}")
+            except ValueError:
+                presence = {"state": message.payload.decode(errors="replace")}
+            self.presence = presence if isinstance(presence, dict) else {"state": str(presence)}
+            self._status_seen.set()
+            self._inbox.put(("status", self.presence))
+        else:
+            self._inbox.put(("out", message.payload))
+
+    @property
+    def online(self) -> bool | None:
+        """True/False from the board's retained status; None when it never announced itself."""
+        return None if self.presence is None else self.presence.get("state") == "online"
+
+    def describe_presence(self) -> str:
+        p = self.presence
+        if p is None:
+            return f"no agent has announced itself as {self.url.device_id!r} on this broker yet"
+        if p.get("state") != "online":
+            return f"{self.url.device_id} is {p.get('state', 'offline')}"
+        return (f"{self.url.device_id} is online: {p.get('impl', '?')} {p.get('version', '?')} on "
+                f"{p.get('platform', '?')}, {p.get('mem_free', '?')} bytes free, interrupt: {p.get('interrupt', '?')}")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._stop_client()
+
+    def _stop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.disconnect()
+            finally:
+                client.loop_stop()
+
+    def __enter__(self) -> "MqttSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- executing -------------------------------------------------------------------
+
+    def exec(self, code: str | bytes, *, on_output: OutputCallback | None = None,
+             on_input: InputCallback | None = None, show_value: bool = False,
+             timeout: float | None = None, filename: str = "<cell>") -> ExecResult:
+        """Run `code` on the board; same meaning as BoardSession.exec. input() on the board raises
+        (there is no way to answer it over MQTT), so on_input is never called."""
+        if not self._lock.acquire(blocking=False):
+            raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
+        try:
+            return self._exec_locked(code, on_output, show_value, timeout, filename)
+        finally:
+            self._rid = None
+            self._interrupt_at = None
+            self._lock.release()
+
+    def _check_usable(self) -> None:
+        if self.closed or self._client is None:
+            raise LinkClosed(f"{self.link.description}: the session is closed; connect again")
+        if not self._client.is_connected():
+            raise MqttError(f"not connected to the broker at {self.url.host}:{self.url.port} "
+                            "(it went away; edgekernel keeps retrying): start it again, then rerun the cell")
+        if self.online is False:
+            raise BoardOffline(f"{self.url.device_id} is offline (its status on the broker says so): power the "
+                               "board or check its WiFi; cells run again once it is back online")
+
+    def _exec_locked(self, code: str | bytes, on_output: OutputCallback | None, show_value: bool,
+                     timeout: float | None, filename: str) -> ExecResult:
+        self._check_usable()
+        start = time.monotonic()
+        source = code.decode() if isinstance(code, bytes) else code
+        if show_value:
+            source = onboard.show_trailing_expression(source)
+        data = source.encode()
+        limit = int((self.presence or {}).get("max_cell", 1 << 30))
+        if len(data) > limit:
+            raise DeviceError(f"the cell is {len(data)} bytes, more than this board takes at once ({limit}): "
+                              "upload it as a file (%sendtofile) and import it")
+        max_part = int((self.presence or {}).get("max_part", DEFAULT_MAX_PART)) - 64  # room for the header
+        self._counter += 1
+        rid = f"{self._session_id}-{self._counter}"
+        while True:  # what is left of earlier requests (late output) is not ours
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                break
+        self._rid = rid
+        for message in split_cell(rid, data, max(64, max_part)):
+            self._client.publish(self.topics["exec"], message, qos=1)  # type: ignore[union-attr]
+        deadline = start + timeout if timeout is not None else float("inf")
+        return self._follow(rid, start, deadline, on_output, filename)
+
+    def _follow(self, rid: str, start: float, deadline: float, on_output: OutputCallback | None,
+                filename: str) -> ExecResult:
+        result = ExecResult()
+        output = bytearray()
+        accepted = False
+        expected_seq = 0
+        lost = 0
+        timed_out = False
+        prefix = rid.encode() + b" "
+        while True:
+            now = time.monotonic()
+            if now >= deadline and not timed_out:
+                timed_out = True
+                self.interrupt()
+            if self._interrupt_at is not None and now > self._interrupt_at + INTERRUPT_GRACE:
+                raise BoardNotResponding(
+                    f"{self.url.device_id} did not stop within {INTERRUPT_GRACE:.0f} s of the interrupt "
+                    f"(interrupt: {(self.presence or {}).get('interrupt', '?')}): reset the board")
+            if not accepted and now > start + ACK_TIMEOUT:
+                raise BoardNotResponding(
+                    f"{self.url.device_id} did not answer within {ACK_TIMEOUT:.0f} s ({self.describe_presence()}): "
+                    "is its agent running? Its serial console says why")
+            wait = min(0.25, max(0.0, deadline - now) if deadline != float("inf") else 0.25)
+            try:
+                what, payload = self._inbox.get(timeout=max(wait, 0.001))
+            except queue.Empty:
+                continue
+            if what == "status":
+                if payload.get("state") != "online":
+                    raise BoardOffline(f"{self.url.device_id} went offline while the cell ran (the broker "
+                                       "delivered its last will): what the cell did is unknown; it runs cells "
+                                       "again once it is back online")
+                continue
+            if what == "broker-lost":
+                raise MqttError(f"lost the connection to the broker at {self.url.host}:{self.url.port} while the "
+                                f"cell ran ({payload}): start it again, then rerun the cell")
+            if what != "out" or not payload.startswith(prefix):
+                continue
+            head, _, body = payload.partition(b"\n")
+            try:
+                _, seq_text, kind = head.decode().split(" ")
+                seq = int(seq_text)
+            except ValueError:
+                continue
+            if seq != expected_seq:
+                lost += max(0, seq - expected_seq)
+            expected_seq = seq + 1
+            if self.log is not None:
+                self.log(body if kind == "o" else head + b"\n" + body + b"\n")
+            if kind == "a":
+                accepted = True
+            elif kind == "o":
+                output += body
+                if on_output is not None:
+                    on_output(body)
+            elif kind == "v":
+                result.value = body.decode(errors="replace")
+            elif kind == "e":
+                result.error = self._parse_error(body.decode(errors="replace"), filename)
+            elif kind == "b":
+                accepted = True
+                result.error = BoardException("CellRefused", body.decode(errors="replace"))
+            elif kind == "d":
+                status = body.split(b" ")[0]
+                if status == b"int" or (self._interrupt_at is not None and result.error is not None
+                                        and result.error.type == "KeyboardInterrupt"):
+                    at = self._interrupt_at or time.monotonic()
+                    result.interrupted = InterruptReport("mqtt", time.monotonic() - at)
+                    if result.error is None:
+                        result.error = BoardException("KeyboardInterrupt", "interrupted before the code started")
+                break
+        if lost:
+            note = f"\n[edgekernel: {lost} output message(s) were lost on the way]\n".encode()
+            output += note
+            if on_output is not None:
+                on_output(note)
+        result.output = bytes(output)
+        result.timed_out = timed_out
+        result.seconds = time.monotonic() - start
+        return result
+
+    @staticmethod
+    def _parse_error(text: str, filename: str) -> BoardException:
+        error = parse_traceback(text, rename={"<string>": filename})
+        # Frames above the cell are the agent's own.
+        first = next((i for i, f in enumerate(error.frames) if f.file == filename), 0)
+        error.frames = error.frames[first:]
+        return error
+
+    def eval(self, expression: str, timeout: float = 10.0) -> Any:
+        """A board expression's value as Python data (parsed with ast.literal_eval, never eval)."""
+        result = self.exec(f"_ek.val((\n{expression}\n))", timeout=timeout)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        if result.value is None:
+            return None
+        try:
+            return ast.literal_eval(result.value)
+        except (ValueError, SyntaxError):
+            raise DeviceError(f"the board's value is not plain data: {result.value[:80]}") from None
+
+    def run_internal(self, code: str, timeout: float = 10.0) -> str:
+        result = self.exec(code, timeout=timeout)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        return result.text
+
+    # -- interrupt and resets ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._rid is not None
+
+    def interrupt(self) -> None:
+        """Ask the agent to stop the running request (callable from any thread)."""
+        rid, client = self._rid, self._client
+        if rid is not None and client is not None and self._interrupt_at is None:
+            self._interrupt_at = time.monotonic()
+            client.publish(self.topics["ctl"], f"int {rid}".encode(), qos=1)
+
+    def soft_reset(self, timeout: float = 10.0) -> None:
+        """A fresh namespace on the board (the agent keeps running and connected)."""
+        self.run_internal("_ek.soft()", timeout=timeout)
+
+    def hard_reset(self, timeout: float = 10.0) -> None:
+        raise DeviceError("a board cannot be reset over MQTT: press its reset button, or connect by serial")
