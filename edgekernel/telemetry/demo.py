@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from edgekernel.emulator import _children_of, _gone
+from edgekernel.mqtt.agent import firmware_dir
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 DEMO_FILES = ("ekmqtt.py", "sensor_demo.py")
 READY = b"sensor board running\n"
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         session = BoardSession.open(board.port)
         files = BoardFiles(session)
         for name in DEMO_FILES:
-            files.put(FIRMWARE / name, name)
+            files.put(firmware_dir() / name, name)
         sys.stdout.buffer.write(READY)
         sys.stdout.flush()
         result = session.exec(f"import sensor_demo\nsensor_demo.run({args.host!r}, {args.port}, "
