@@ -11,8 +11,8 @@ import pytest
 from edgekernel.device import BoardBusy, BoardNotResponding, BoardSession, CodeTooLarge, LinkClosed
 from edgekernel.device import onboard
 from edgekernel.device import session as session_mod
-from hang_guard import returns
 from fakepeer import FRIENDLY_BANNER, RAW_BANNER, FakeBoard, Reply, mp_traceback
+from hang_guard import returns
 
 # -- entering the raw REPL --------------------------------------------------------------------
 
