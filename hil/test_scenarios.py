@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from edgekernel.device import BoardSession, CodeTooLarge, LinkClosed
+from edgekernel.device import BoardSession, CodeTooLarge, LinkClosed, board_text
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -54,27 +55,30 @@ def test_exec(board):
 
 def test_output_is_streamed(board):
     # 2000 lines, with a 10 ms pause every 100 so that even a board faster
-    # than the host's reads cannot deliver it all at once.
+    # than the host's reads cannot deliver it all at once. Halfway the code asks
+    # for input: it cannot go on until the host answers, so whatever reached
+    # on_output by then was streamed while the code was still running.
     n = 2000
-    pieces: list[tuple[float, int]] = []
-    start = time.monotonic()
+    pieces: list[bytes] = []
+    streamed_at_halfway: list[bytes] = []
+
+    def answer(prompt: str) -> str:
+        streamed_at_halfway.append(b"".join(pieces))
+        return "go on"
+
     r = board.exec(f"import time\nfor i in range({n}):\n    print('line', i)\n"
-                   "    if i % 100 == 99:\n        time.sleep_ms(10)",
-                   on_output=lambda d: pieces.append((time.monotonic(), len(d))), timeout=120)
-    end = time.monotonic()
+                   "    if i % 100 == 99:\n        time.sleep_ms(10)\n"
+                   f"    if i == {n // 2 - 1}:\n        input('halfway ')",
+                   on_output=pieces.append, on_input=answer, timeout=120)
     assert r.ok, r.error
-    lines = r.text.splitlines()
+    lines = [line for line in r.text.splitlines() if not line.startswith("halfway")]
     assert len(lines) == n and lines[-1] == f"line {n - 1}"
-    assert sum(size for _, size in pieces) == len(r.output)
-    # Streamed: many pieces, the first one early, half of it well before the end.
+    assert b"".join(pieces) == r.output
+    # Streamed: many pieces, and the first half was all there before the second was printed.
     assert len(pieces) >= 20, f"output came in {len(pieces)} pieces"
-    assert pieces[0][0] - start < 0.5 * (end - start)
-    half, seen = len(r.output) / 2, 0
-    for at, size in pieces:
-        seen += size
-        if seen >= half:
-            assert at < end - 0.2 * (end - start), "half the output arrived only at the very end"
-            break
+    assert len(streamed_at_halfway) == 1
+    assert f"line {n // 2 - 1}\n" in board_text(streamed_at_halfway[0]), "output was held back until the end"
+    assert f"line {n // 2}\n" not in board_text(streamed_at_halfway[0])
 
 
 @pytest.mark.parametrize("mode", ["raw-paste", "paced"])
@@ -91,14 +95,11 @@ def test_50k_script(board, mode):
             board.exec(src, timeout=60)
         assert_usable(board)
         pytest.skip(f"{t.name}: 50 KB cannot run in 16 KB of RAM (CodeTooLarge raised as it should)")
-    start = time.monotonic()
     r = board.exec(src, timeout=120)
-    seconds = time.monotonic() - start
     assert r.ok, r.error
     assert r.text == f"sum {expected}\n"
-    if t.slow and mode == "raw-paste":
-        # Flow-controlled by the board: the link is the limit (bench/device.py measures it).
-        assert len(src) / seconds > 0.9 * 11520, f"{len(src) / seconds:.0f} B/s at 115200 baud"
+    # How fast it went is a benchmark, not a test: bench/device.py ("upload") measures it.
+    assert board.raw_paste is (mode == "raw-paste"), "the upload did not use the mode under test"
     assert_usable(board)
 
 
@@ -197,22 +198,39 @@ def test_no_heap_lost_per_exec(board):
 
 
 def test_interrupt_busy_loop(board):
+    assert board.exec("survivor = 'kept'", timeout=15).ok
     interrupt_after(board, 0.3)
-    r = board.exec("while True:\n    pass", timeout=30)
+    r = board.exec("while True:\n    pass\nprint('finished')", timeout=30)
     assert r.interrupted is not None, r
+    # The ladder's first step stopped it (no second Ctrl-C, no reset), and the board kept its state.
     assert r.interrupted.step == "ctrl-c", r.interrupted
     assert r.error is not None and r.error.type == "KeyboardInterrupt"
-    assert r.interrupted.seconds < 0.5
+    assert r.reset is None and not r.timed_out and "finished" not in r.text
+    assert board.eval("survivor", timeout=15) == "kept"
     assert_usable(board)
 
 
 def test_interrupt_print_flood(board):
-    interrupt_after(board, 0.5)
-    got = []
-    r = board.exec("i = 0\nwhile True:\n    print('flood', i)\n    i += 1", on_output=got.append, timeout=30)
+    # Interrupt once the flood has reached us: a session that held output back until the end
+    # would never get there, and the exec would end by its own time limit instead.
+    got: list[bytes] = []
+    streamed = threading.Event()
+
+    def on_output(data: bytes) -> None:
+        got.append(data)
+        if sum(map(len, got)) > 2000:
+            streamed.set()
+
+    def interrupt_when_streamed() -> None:
+        if streamed.wait(60):
+            board.interrupt()
+    threading.Thread(target=interrupt_when_streamed, daemon=True).start()
+    r = board.exec("i = 0\nwhile True:\n    print('flood', i)\n    i += 1", on_output=on_output, timeout=30)
+    assert streamed.is_set() and not r.timed_out, r
     assert r.interrupted is not None, r
     assert r.interrupted.step in ("ctrl-c", "ctrl-c x2"), r.interrupted
-    assert len(got) > 5 and b"flood" in r.output
+    assert r.error is not None and r.error.type == "KeyboardInterrupt" and r.reset is None
+    assert r.text.startswith("flood 0\n") and b"".join(got) == r.output
     assert_usable(board)
 
 
@@ -228,20 +246,20 @@ def test_hard_reset_mid_exec_is_detected(board):
         time.sleep(0.3)
         t.process.hard_reset()
     threading.Thread(target=press, daemon=True).start()
-    start = time.monotonic()
-    code = "import time\nfor i in range(100):\n    print('tick', i)\n    time.sleep(0.1)"
+    # The code's natural end (100 s) is beyond the exec's 30 s limit: only noticing the
+    # reset can end it as asserted below (an unnoticed reset would end in timed_out instead).
+    code = "import time\nfor i in range(1000):\n    print('tick', i)\n    time.sleep(0.1)\nprint('finished')"
     if board.link.can_reopen:
         # WebREPL: the reset takes the connection with it and nothing says it was a reset
         # (a real board just goes silent): the link is reported lost, and connecting again works.
         with pytest.raises(LinkClosed):
             board.exec(code, timeout=30)
-        assert time.monotonic() - start < 8
         board.reconnect()
         assert_usable(board)
         return
     r = board.exec(code, timeout=30)
-    assert r.reset == "hard", r
-    assert time.monotonic() - start < 8
+    assert r.reset == "hard" and not r.timed_out, r
+    assert b"tick 0" in r.output and b"finished" not in r.output
     assert_usable(board)
 
 
@@ -297,10 +315,10 @@ def test_port_vanishes_mid_exec(board):
         t.process.kill()
     unplugger = threading.Thread(target=unplug, daemon=True)
     unplugger.start()
-    start = time.monotonic()
+    # The code never ends and its 60 s limit would end in an interrupt, not LinkClosed:
+    # only noticing the unplugged port gives this error.
     with pytest.raises(LinkClosed) as info:
         board.exec("import time\nwhile True:\n    print('.')\n    time.sleep(0.05)", timeout=60)
-    assert time.monotonic() - start < 3.0
     unplugger.join(10)   # kill() has finished before the pool stops the board
     assert "disconnected" in str(info.value) and t.port in str(info.value)
 
@@ -324,24 +342,30 @@ def test_cli_exec(target, free_port):
 
 def test_cli_run_streams(target, free_port, tmp_path):
     script = tmp_path / "count.py"
-    script.write_text("import time\nfor i in range(5):\n    print('n', i)\n    time.sleep(0.25)\nraise ValueError('at the end')\n")
+    # The script waits for an answer on stdin after its lines: they must reach us before it can end.
+    script.write_text("for i in range(5):\n    print('n', i)\ninput('more? ')\nraise ValueError('at the end')\n")
     with subprocess.Popen([sys.executable, "-m", "edgekernel", "run", "--port", free_port,
                            "--baud", str(target.baud), str(script)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         try:
-            arrivals = []
-            for line in proc.stdout:
-                arrivals.append(time.monotonic())
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
+                             daemon=True).start()
+            try:
+                first = [lines.get(timeout=60) for _ in range(5)]  # 60 s: a hang guard only
+            except queue.Empty:
+                raise AssertionError("the lines printed before input() did not arrive: output was not streamed")
+            proc.stdin.write(b"yes\n")
+            proc.stdin.close()
             stderr = proc.stderr.read().decode()
             code = proc.wait(60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert len(arrivals) == 5, (code, stderr)
-    assert arrivals[-1] - arrivals[0] > 0.6, "lines arrived together: output was not streamed"
+    assert [line.replace(b"\r\n", b"\n") for line in first] == [b"n %d\n" % i for i in range(5)], (code, stderr)
     assert code == 1, stderr
-    assert '  File "count.py", line 5, in <module>' in stderr and "ValueError: at the end" in stderr
+    assert '  File "count.py", line 4, in <module>' in stderr and "ValueError: at the end" in stderr
 
 
 def test_mpremote_interop(target, free_port):

@@ -11,6 +11,7 @@ import pytest
 import serial
 
 from edgekernel.emulator import BoardError, start_board
+from edgekernel.emulator.linksim import Wire
 
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 
@@ -164,7 +165,8 @@ def test_friendly_soft_reset_runs_main(board, port):
     port.read_until(RAW_PROMPT)
 
 
-def _interrupt(port: Port, paste: bool) -> float:
+def _interrupt(port: Port, paste: bool) -> None:
+    """Run a loop that never ends by itself and stop it with ONE Ctrl-C."""
     if paste:
         port.write(b"\x05A\x01")
         port.read_until(b"\x80\x00\x01")
@@ -174,21 +176,18 @@ def _interrupt(port: Port, paste: bool) -> float:
         port.write(b"while True: pass\x04")
         port.read_until(b"OK")
     time.sleep(0.1)
-    t0 = time.monotonic()
     port.write(b"\x03")
-    got = port.read_until(b"\x04>")
-    elapsed = time.monotonic() - t0
+    got = port.read_until(b"\x04>")  # no second Ctrl-C is ever sent: the first one must work
     assert got.startswith(b"\x04Traceback") and b"KeyboardInterrupt" in got
-    return elapsed
 
 
 @pytest.mark.parametrize("paste", [False, True], ids=["raw", "raw-paste"])
 def test_ctrl_c_interrupts_running_code(board, port, paste):
     port.enter_raw()
+    assert port.exec_raw("survivor = 42") == (b"", b"")
     pids = board.board_pids()
-    elapsed = _interrupt(port, paste)
-    assert elapsed < 0.5
-    assert port.exec_raw("print('alive')") == (b"alive\n", b"")
+    _interrupt(port, paste)
+    assert port.exec_raw("print('alive', survivor)") == (b"alive 42\n", b"")  # state kept: no reset
     assert board.board_pids() == pids  # interrupted, not restarted
 
 
@@ -196,10 +195,10 @@ def test_ctrl_c_interrupts_print_flood(board, port):
     port.enter_raw()
     port.write(b"while True: print('flood flood flood flood')\x04")
     port.read_until(b"flood flood flood flood\n" * 50)
-    t0 = time.monotonic()
     port.write(b"\x03")
     got = port.read_until(b"\x04>", timeout=10)
-    assert b"KeyboardInterrupt" in got and time.monotonic() - t0 < 2
+    assert b"KeyboardInterrupt" in got
+    # The flood stopped: the next program's output comes alone, not inside a stream of floods.
     assert port.exec_raw("print('alive')") == (b"alive\n", b"")
 
 
@@ -324,7 +323,36 @@ def test_unknown_option_errors_are_one_line():
 
 # -- link simulator --------------------------------------------------------------------------------
 
-def test_link_throughput_matches_baud():
+def test_wire_paces_bytes_by_its_own_clock():
+    """The pacing itself, on the simulator's clock (no wall clock): byte i of a chunk arrives at
+    start + (i + 1) * byte_time + latency, and a busy wire queues the next chunk behind it."""
+    wire = Wire(115200, latency_s=0.030)  # 8N1: 11,520 bytes/s
+    half_byte = 0.5 / 11_520               # probe between arrivals, away from float rounding
+
+    def after(n_bytes: int) -> float:  # a moment when exactly n_bytes have arrived
+        return 100.0 + 0.030 + n_bytes / 11_520 + half_byte
+
+    wire.send(b"a" * 11_520, now=100.0)
+    assert wire.take_due(100.029) == b""                   # still in flight
+    assert wire.take_due(after(5_760)) == b"a" * 5_760     # half a second's worth
+    wire.send(b"b" * 1_152, now=100.6)                      # queued behind the a's, not mixed in
+    assert wire.take_due(after(11_520)) == b"a" * 5_760    # all a's, no b yet
+    assert wire.last_arrival() == pytest.approx(after(11_520 + 1_152) - half_byte)
+    assert wire.take_due(after(11_520 + 1_151)) == b"b" * 1_151
+    assert wire.take_due(after(11_520 + 1_152)) == b"b"
+    assert wire.pending() == 0
+    # Latency alone (no baud): a whole chunk arrives together, one latency later.
+    wire = Wire(None, latency_s=0.030)
+    wire.send(b"ping", now=5.0)
+    assert wire.take_due(5.029) == b"" and wire.take_due(5.030) == b"ping"
+
+
+# The two tests below check that a real board behind the simulator sees a slow line. A simulator
+# is a timing device, so these are the only wall-clock bounds in the suite: LOWER bounds derived
+# from the configured rate (x 0.8), which a busy machine can only make easier to meet; the exact
+# pacing is checked above on the simulator's own clock.
+
+def test_link_throughput_is_limited_by_baud():
     with start_board("unix", baud=115200) as b:
         p = Port(b.port)
         p.enter_raw()
@@ -335,15 +363,13 @@ def test_link_throughput_matches_baud():
         got = p.buf.count(b"x")
         while got < n:
             got += p.s.read(65536).count(b"x")
-        rate = n / (time.monotonic() - t_ok)
-        assert abs(rate - 11_520) / 11_520 < 0.04, rate
+        assert time.monotonic() - t_ok >= 0.8 * (n - p.buf.count(b"x")) / 11_520
         p.drain(0.05)
-        # Uploads too: raw-paste keeps the line busy (mpremote measured 99.6%).
+        # Uploads too: raw-paste is paced by the same wire.
         src = b"# " + b"y" * 5000 + b"\nprint('ok')\n"
         t0 = time.monotonic()
         assert p.raw_paste(src) == (b"ok\n", b"")
-        up = len(src) / (time.monotonic() - t0)
-        assert 0.85 * 11_520 < up < 1.02 * 11_520, up
+        assert time.monotonic() - t0 >= 0.8 * len(src) / 11_520
         p.close()
 
 
@@ -352,8 +378,8 @@ def test_link_latency_per_turn():
         p = Port(b.port)
         p.enter_raw()
         t0 = time.monotonic()
-        p.exec_raw("pass")
-        assert 0.06 <= time.monotonic() - t0 < 0.2
+        assert p.exec_raw("print(1)") == (b"1\n", b"")
+        assert time.monotonic() - t0 >= 0.8 * 2 * 0.030  # a command and its answer: two latencies
         p.close()
 
 
@@ -408,9 +434,7 @@ def test_rx_buffer_drops_while_busy():
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
                     reason="qemu-system-arm not installed (apt-get install qemu-system-arm)")
 def test_microbit_answers():
-    t0 = time.monotonic()
-    with start_board("microbit") as b:
-        started = time.monotonic() - t0
+    with start_board("microbit") as b:  # start_board's own timeout guards a hang at boot
         p = Port(b.port)
         p.enter_raw()
         assert p.exec_raw("print(1+1)") == (b"2\r\n", b"")  # a real board prints \r\n
@@ -429,7 +453,6 @@ def test_microbit_answers():
         pids = b.board_pids()
         assert pids != old and _gone(old[0])
         p.close()
-    assert started < 10
     assert all(_gone(pid) for pid in pids)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 
 import pytest
 
@@ -518,11 +517,12 @@ def test_esptool_against_emulated_board(unix_board):
         events.append("reacquire")
         state["session"] = BoardSession.open(port)
 
-    start = time.monotonic()
     with pytest.raises(EsptoolError) as err:
         run_esptool(esptool_args("detect", port, connect_attempts=2), release, reacquire, output.append, timeout=60)
-    assert time.monotonic() - start < 60
+    # esptool gave up by itself after its connect attempts (the 60 s timeout is only a hang guard:
+    # had it fired, the error would say "esptool took more than 60 s" and esptool would be killed).
     assert str(err.value) == f"no ESP chip answered on {port}: hold BOOT while resetting, or check the cable"
+    assert err.value.result.returncode not in (0, -9)
     assert err.value.result.chip is None and "".join(output) == err.value.result.output != ""
     assert events == ["release", "reacquire"]
     session = state["session"]

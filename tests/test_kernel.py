@@ -38,11 +38,6 @@ pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "getting_started.ipynb"
 
-# The two latencies this file asserts (seconds). Everything else only has ceilings.
-INTERRUPT_LIMIT = 0.5
-RESPONSIVE_LIMIT = 1.0
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _checked_for_leftovers(no_leftover_processes: None) -> None:
     """Set up before (so torn down after) every other fixture of the module."""
@@ -342,36 +337,42 @@ def test_input_without_stdin_is_a_fast_clear_error(setup: Setup) -> None:
 
 # -- interrupt --------------------------------------------------------------------------------------------
 
-def _interrupt(kernel: Kernel, code: str, started: str) -> tuple[Run, float]:
+def _interrupt(kernel: Kernel, code: str, started: str) -> Run:
+    """Run code that never ends by itself; once it has printed `started`, Kernel -> Interrupt."""
+    kernel.ok("survivor = 'kept'")
     msg_id = kernel.send_execute(code)
     wait_for_stream(kernel, msg_id, started)
-    t0 = time.monotonic()
     kernel.km.interrupt_kernel()
     reply = kernel.wait_reply(msg_id, timeout=15)
-    elapsed = time.monotonic() - t0
     iopub = kernel.wait_idle(msg_id)
-    return Run(msg_id, reply, iopub), elapsed
+    return Run(msg_id, reply, iopub)
+
+
+def _assert_stopped_by_first_ctrl_c(kernel: Kernel, run: Run) -> None:
+    """The ladder's first step (one Ctrl-C) stopped the code: no second Ctrl-C, no reset, state kept."""
+    assert run.status == "error", run
+    assert run.content["ename"] == "KeyboardInterrupt", run
+    assert run.content["evalue"].startswith("interrupted (ctrl-c, "), run.content
+    assert kernel.ok("survivor").result_text == "'kept'"
 
 
 @pytest.mark.parametrize("code, started", [
     ("print('spinning')\nwhile True:\n    pass", "spinning"),
     ("while True:\n    print('x' * 50)", "x" * 50),
 ], ids=["busy-loop", "print-flood"])
-def test_interrupt_stops_the_cell_quickly(setup: Setup, code: str, started: str, request: pytest.FixtureRequest) -> None:
+def test_interrupt_stops_the_cell_with_the_first_ctrl_c(setup: Setup, code: str, started: str, request: pytest.FixtureRequest) -> None:
     if setup.kind == "microbit" and "flood" in request.node.name:
         request.applymarker(pytest.mark.xfail(strict=False, reason=(
             "emulator, not kernel: QEMU's pty holds ~20 KB of the micro:bit's output behind the paced "
             "115200-baud link (a real UART's FIFO holds bytes, not kilobytes), so the KeyboardInterrupt "
-            "traceback arrives only after ~2 s of queued 'x' lines")))
+            "traceback arrives only after ~2 s of queued 'x' lines and the ladder escalates past the first Ctrl-C")))
     k = setup.kernel
-    run, elapsed = _interrupt(k, code, started)
-    assert run.status == "error", run
-    assert run.content["ename"] == "KeyboardInterrupt"
+    run = _interrupt(k, code, started)
+    _assert_stopped_by_first_ctrl_c(k, run)
     # The next cell works and sees none of the old output.
     after = k.ok("print('after')\n6*7")
     assert after.stream() == "after\n"
     assert after.result_text == "42"
-    assert elapsed <= INTERRUPT_LIMIT, f"interrupt took {elapsed:.3f} s (limit {INTERRUPT_LIMIT} s)"
 
 
 def test_interrupt_while_idle_is_harmless(setup: Setup) -> None:
@@ -453,13 +454,12 @@ def test_shell_answers_while_a_cell_runs(setup: Setup) -> None:
     k = setup.kernel
     msg_id = k.send_execute("import time\nprint('sleeping')\ntime.sleep(3)\nprint('awake')")
     wait_for_stream(k, msg_id, "sleeping")
-    t0 = time.monotonic()
     info = k.request("kernel_info_request", {}, timeout=10)
-    elapsed = time.monotonic() - t0
     assert info["content"]["status"] == "ok"
     assert info["content"]["implementation"] == "edgekernel"
-    assert msg_id not in k._replies, "the cell ended before the kernel_info reply: the test proves nothing"
-    assert elapsed < RESPONSIVE_LIMIT, f"kernel_info took {elapsed:.3f} s while a cell ran"
+    # Answered while the cell still runs (its reply and "awake" have not come), not queued behind it.
+    assert msg_id not in k._replies, "the kernel_info reply came only after the cell ended"
+    assert "awake" not in "".join(m["content"].get("text", "") for m in k._iopub.get(msg_id, []))
     # Completion while the board is busy answers (from what the host knows) instead of queueing.
     reply = k.request("complete_request", {"code": "pri", "cursor_pos": 3}, timeout=10)
     assert reply["content"]["status"] == "ok"
@@ -636,9 +636,8 @@ def test_emulator_kernelspec_starts_its_own_board(emulator_kernel: Kernel, kerne
 def test_emulator_kernelspec_interrupt(emulator_kernel: Kernel) -> None:
     k = emulator_kernel
     k.ok("None")
-    run, elapsed = _interrupt(k, "print('spinning')\nwhile True:\n    pass", "spinning")
-    assert run.status == "error" and run.content["ename"] == "KeyboardInterrupt", run
-    assert elapsed <= INTERRUPT_LIMIT, f"interrupt took {elapsed:.3f} s"
+    run = _interrupt(k, "print('spinning')\nwhile True:\n    pass", "spinning")
+    _assert_stopped_by_first_ctrl_c(k, run)
     assert k.ok("6*7").result_text == "42"
 
 

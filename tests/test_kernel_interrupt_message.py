@@ -2,7 +2,7 @@
 
 A front end that cannot signal the kernel's process (a kernel on a gateway)
 sends interrupt_request on the control channel instead. This must stop board
-code as fast as a local SIGINT does.
+code the way a local SIGINT does: with the first Ctrl-C, keeping the board's state.
 """
 from __future__ import annotations
 
@@ -58,13 +58,14 @@ def test_interrupt_request_message_stops_board_code(kernel, code: str) -> None:
     kc.execute_interactive("x = 41", timeout=30)
     msg_id = kc.execute(code)
     time.sleep(0.7)
-    started = time.monotonic()
     km.interrupt_kernel()  # sends interrupt_request on the control channel
     reply = _reply_to(kc, msg_id)
-    elapsed = time.monotonic() - started
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
-    assert elapsed < 0.5, f"interrupt took {elapsed:.2f} s"
+    # Stopped like a local SIGINT stops it: by the first Ctrl-C of the ladder, not a later step.
+    assert reply["content"]["evalue"].startswith("interrupted (ctrl-c, "), reply["content"]
     # The board kept its state and the next cell works.
-    after = kc.execute_interactive("x + 1", timeout=30, output_hook=lambda m: None)
+    results = []
+    after = kc.execute_interactive("x + 1", timeout=30, output_hook=lambda m: results.append(m))
     assert after["content"]["status"] == "ok"
+    assert [m["content"]["data"]["text/plain"] for m in results if m["msg_type"] == "execute_result"] == ["42"]

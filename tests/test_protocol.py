@@ -9,8 +9,10 @@ import time
 import pytest
 
 from edgekernel.device import BoardBusy, BoardNotResponding, BoardSession, CodeTooLarge, LinkClosed
+from edgekernel.device import onboard
 from edgekernel.device import session as session_mod
 from fakepeer import FRIENDLY_BANNER, RAW_BANNER, FakeBoard, Reply, mp_traceback
+from hang_guard import returns
 
 # -- entering the raw REPL --------------------------------------------------------------------
 
@@ -34,10 +36,11 @@ def test_connect_interrupts_a_chatty_main_py(make_board):
 
 def test_connect_with_late_ctrl_c_reply(make_board):
     # The micro:bit answers Ctrl-C ~250 ms late; the answer lands after the drain.
-    t = time.monotonic()
+    # The late ">>> " must not be mistaken for a hung board (no reset to get a prompt).
     board, session = make_board(ctrl_c_delay=0.25)
-    assert time.monotonic() - t < 2.0
+    assert board.mode == "raw" and board.soft_resets == 0
     assert session.exec("print(1)").text == "1\n"
+    assert board.soft_resets == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 13])
@@ -90,19 +93,16 @@ def test_connect_never_soft_resets(make_board):
 
 def test_silent_board_gives_clear_error_within_deadline(make_board):
     board, session = make_board(mode="dead", connect=False)
-    t = time.monotonic()
-    with pytest.raises(BoardNotResponding, match="raw REPL"):
-        session.connect(1.0)
-    assert time.monotonic() - t < 1.6
+    # The connect's own 1 s deadline ends it: the specific error, long before the hang guard.
+    with pytest.raises(BoardNotResponding, match="could not enter the raw REPL.*check the port and baud rate"):
+        returns(lambda: session.connect(1.0), what="connect to a silent board")
 
 
 def test_board_that_goes_silent_before_acknowledging(make_board):
     board, session = make_board()
     board.mode = "dead"
-    t = time.monotonic()
-    with pytest.raises(BoardNotResponding):
-        session.exec("print(1)", timeout=1.0)
-    assert time.monotonic() - t < 1.6
+    with pytest.raises(BoardNotResponding, match="no acknowledgement of the code from the board"):
+        returns(lambda: session.exec("print(1)", timeout=1.0), what="exec on a board that went silent")
 
 
 # -- raw-paste ------------------------------------------------------------------------------------
@@ -124,12 +124,12 @@ def test_raw_paste_never_exceeds_credit(make_board, window, credit_delay):
 def test_raw_paste_credit_when_board_grants_slowly(make_board):
     # Each window is granted 30 ms after it was consumed: the host must wait, not overrun.
     board, session = make_board(window=64, credit_delay=0.01)
-    t = time.monotonic()
-    session.exec(BIG_CELL)
+    assert session.exec(BIG_CELL).text == "119\n"
+    # Waiting shows as never running ahead of the grants, over an upload of many windows.
+    how, program = board.programs[-1]
+    assert how == "paste" and len(program) // 64 > 20
     assert board.max_overrun <= 0
-    # Two windows may be outstanding: one grant round trip per two windows.
-    windows = len(board.programs[-1][1]) // 64
-    assert time.monotonic() - t >= 0.01 * (windows // 2 - 1) * 0.8
+    assert board.cells[-1] == BIG_CELL
 
 
 @pytest.mark.parametrize("reply", ["no", "old"])
@@ -146,9 +146,13 @@ def test_raw_paste_refused_is_remembered(make_board, reply):
 
 
 def test_paced_fallback_chunks_and_pauses(make_board):
-    board, session = make_board(raw_paste="no")
+    # A board that reads no faster than a 115200-baud wire delivers, with the micro:bit's 64-byte
+    # buffer: it loses bytes unless the host pauses between chunks (a burst overflows it at once).
+    board, session = make_board(raw_paste="no", rx_buffer=64, rx_rate=session_mod.PACED_RATE)
     start = len(board.write_log)
-    session.exec(BIG_CELL)
+    assert session.exec(BIG_CELL).text == "119\n"
+    assert board.rx_dropped == 0, f"{board.rx_dropped} bytes dropped: the host sent faster than the paced rate"
+    assert board.cells[-1] == BIG_CELL
     writes = board.write_log[start:]
     # A big cell goes in two programs: setting the marker (_ek.m=...), then the cell itself.
     ends = [i for i, (_, w) in enumerate(writes) if w == b"\x04"]
@@ -157,9 +161,6 @@ def test_paced_fallback_chunks_and_pauses(make_board):
     program = writes[ends[0] + 1: ends[1]]
     assert len(program) >= 10
     assert max(len(w) for _, w in program) <= session_mod.PACED_CHUNK
-    # Never faster than the paced rate (a 115200-baud wire), measured over the whole program.
-    took = program[-1][0] - program[0][0]
-    assert took >= (sum(len(w) for _, w in program) - len(program[-1][1])) / session_mod.PACED_RATE * 0.9
 
 
 def test_paced_fallback_fits_a_64_byte_receive_buffer(make_board):
@@ -323,11 +324,12 @@ def test_output_streams_before_the_end(make_board):
     for i in range(20):
         pieces += [f"line {i}\r\n".encode(), 0.01]
     board, session = make_board(cell=lambda src: Reply(out=pieces))
-    seen: list[tuple[float, bytes]] = []
-    r = session.exec("loop()", on_output=lambda d: seen.append((time.monotonic(), d)))
-    end = time.monotonic()
+    # Each callback notes whether the board still had output on its way (not yet read by
+    # the host): streaming means the first piece reached the user before the reply ended.
+    seen: list[tuple[bool, bytes]] = []
+    r = session.exec("loop()", on_output=lambda d: seen.append((bool(board._incoming), d)))
     assert len(seen) >= 10
-    assert end - seen[0][0] > 0.1, "output arrived in one piece at the end"
+    assert seen[0][0], "output arrived in one piece at the end"
     assert b"".join(d for _, d in seen) == r.output
 
 
@@ -402,7 +404,7 @@ def test_interrupt_print_flood(make_board):
     _interrupt_soon(session, 0.2)
     r = session.exec("while True: print('flood')")
     assert r.interrupted.step == "ctrl-c" and len(r.output) > 1000
-    assert r.interrupted.seconds < 0.5
+    assert r.error.type == "KeyboardInterrupt"
     board.cell = lambda src: Reply(out=[b"usable\r\n"])
     assert session.exec("print('usable')").text == "usable\n"
 
@@ -412,8 +414,9 @@ def test_interrupt_ladder_second_ctrl_c(make_board):
     board, session = make_board(cell=lambda src: Reply(end="busy", ignore_ctrl_c=1))
     _interrupt_soon(session)
     r = session.exec("stubborn()")
-    assert r.interrupted.step == "ctrl-c x2"
-    assert 0.4 < r.interrupted.seconds < 1.5
+    assert r.interrupted.step == "ctrl-c x2"   # not the first Ctrl-C, and no reset
+    assert r.error.type == "KeyboardInterrupt" and r.reset is None
+    assert board.soft_resets == 0
     board.cell = lambda src: Reply(out=[b"usable\r\n"])
     assert session.exec("print('usable')").text == "usable\n"
 
@@ -422,7 +425,10 @@ def test_exec_timeout_interrupts(make_board):
     board, session = make_board(cell=lambda src: Reply(end="busy"))
     r = session.exec("while True: pass", timeout=0.3)
     assert r.timed_out and r.interrupted is not None
-    assert 0.25 < r.seconds < 1.0
+    # The time limit stops the code like a user would: the first Ctrl-C, the board kept.
+    assert r.interrupted.step == "ctrl-c" and r.error.type == "KeyboardInterrupt" and r.reset is None
+    board.cell = lambda src: Reply(out=[b"usable\r\n"])
+    assert session.exec("print('usable')").text == "usable\n"
 
 
 @pytest.mark.parametrize("raw_paste", ["yes", "no"])
@@ -433,12 +439,16 @@ def test_helper_install_after_an_interrupted_exec(make_board, raw_paste, then):
     board, session = make_board(raw_paste=raw_paste, cell=lambda src: Reply(end="busy"))
     _interrupt_soon(session, 0.05)
     assert session.exec("while True: pass").interrupted is not None
-    t = time.monotonic()
+    before = (len(board.programs), len(board.written))
     if then == "connect":
         session.connect(1.5)
     else:
         session.soft_reset(1.5)
-    assert time.monotonic() - t < 1.0
+    # The helper went up once, whole: no abandoned upload and no second try after one.
+    helper = onboard.HELPER_SOURCE.encode()
+    assert bytes(board.written[before[1]:]).count(helper[:64]) == 1
+    assert [p for _, p in board.programs[before[0]:] if p == helper] == [helper]
+    assert all(how != "paste-aborted" for how, _ in board.programs[before[0]:])
     board.cell = lambda src: Reply(out=[b"usable\r\n"])
     assert session.exec("print('usable')").text == "usable\n"
 
@@ -521,10 +531,9 @@ def test_hard_reset_while_idle_next_exec_recovers(make_board):
 def test_link_closed_mid_exec(make_board):
     board, session = make_board(cell=lambda src: Reply(out=[b"partial\r\n"], end="busy"))
     board.hang_up(delay=0.2)
-    t = time.monotonic()
-    with pytest.raises(LinkClosed, match="disconnected"):
-        session.exec("while True: pass")
-    assert time.monotonic() - t < 1.0
+    # No time limit on the exec: only noticing the hang-up can end it.
+    with pytest.raises(LinkClosed, match="the board disconnected"):
+        returns(lambda: session.exec("while True: pass"), what="exec on a port that vanished")
 
 
 def test_link_closed_at_connect(make_board):
