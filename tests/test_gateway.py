@@ -269,7 +269,11 @@ def _http(url: str, token: str | None, method: str = "GET", body: dict | None = 
             data = r.read()
             return r.status, json.loads(data) if data else None
     except urllib.error.HTTPError as e:
-        return e.code, None
+        data = e.read()
+        try:
+            return e.code, json.loads(data) if data else None
+        except ValueError:
+            return e.code, None
 
 
 def _ws_execute(base: str, kernel_id: str, token: str, code: str) -> dict:
@@ -450,6 +454,30 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         _stop_server(server)
     for pi in gateways.lab.pis:
         assert not wait_gone(gateways.kernel_pids(pi), 15), f"kernel left on {pi}"
+
+
+def test_a_jupyter_server_tells_the_user_why_a_board_is_refused(gateways, kernels, tmp_path):
+    """JupyterLab, Notebook 7 and JupyterHub's single-user servers are jupyter_server, which answers
+    "Unhandled error" for a failed kernel start unless the error is a tornado HTTPError: the reason
+    ("board ... is in use by kernel X") must reach the user who is refused a board."""
+    km, _ = kernels.start(gateways.board_kernel)   # another user's kernel holds pi1's board
+    token = os.urandom(16).hex()
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=REPO, JUPYTER_TOKEN=token, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    server = _start_server([sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
+                            f"--ServerApp.port={port}", "--ServerApp.open_browser=False", "--allow-root",
+                            f"--ServerApp.root_dir={tmp_path}"], env)
+    base = f"127.0.0.1:{port}"
+    try:
+        _wait_http(f"http://{base}/api", server)
+        status, reply = _http(f"http://{base}/api/kernels", token, "POST", {"name": gateways.board_kernel})
+        assert status == 500, (status, reply)
+        message = (reply or {}).get("message", "")
+        assert f"is in use by kernel {km.kernel_id}" in message and "shut that kernel down first" in message, reply
+        assert "\n" not in message.strip()
+        assert _http(f"http://{base}/api/kernels", token)[1] == []   # the refused kernel is not listed
+    finally:
+        _stop_server(server)
 
 
 def test_a_laptop_server_relaying_to_kernel_gateway_sends_at_once(tmp_path):

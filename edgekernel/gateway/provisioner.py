@@ -34,6 +34,7 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
+from tornado.web import HTTPError
 from traitlets import Float, List, Unicode
 
 from .hosts import choose_host
@@ -41,6 +42,19 @@ from .ssh import GatewayError, SSHHost, explain_ssh_failure
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 LAUNCH_TIMEOUT = 60.0
+
+
+class KernelStartError(GatewayError, HTTPError):
+    """Why a kernel did not start, shown as is by a Jupyter server's REST API (JupyterLab, JupyterHub's
+    single-user servers): jupyter_server answers "Unhandled error" for any exception that is not a
+    tornado HTTPError, which would hide "board ... is in use by kernel X" from the user."""
+
+    def __init__(self, message: str) -> None:
+        HTTPError.__init__(self, 500, message)  # jupyter_server replies with log_message
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -84,6 +98,14 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        try:
+            return await self._launch(cmd)
+        except KernelStartError:
+            raise
+        except GatewayError as exc:
+            raise KernelStartError(str(exc)) from None
+
+    async def _launch(self, cmd: list[str]) -> KernelConnectionInfo:
         km = self.parent
         if self.host is None:  # a restart stays on the same Pi
             self.host = await asyncio.to_thread(choose_host, self._ssh_hosts(), self.python)
