@@ -482,3 +482,25 @@ def test_cli_prints_port_and_stops_on_sigterm(tmp_path):
         assert proc.wait(10) == 0
         proc.stdout.close()
     assert not link.exists() and flash.is_dir()  # a given --flash stays
+
+
+def test_a_cell_damaged_on_a_slow_board_is_sent_again_slower():
+    """A board without flow control that drains slower than the wire (a busy board, an emulated CPU
+    on a loaded host) loses bytes; the helper refuses the short cell before running it, and the
+    session sends it again at a lower pace until it arrives whole. It runs once."""
+    from edgekernel.device import BoardSession
+    from edgekernel.links import open_link
+    with start_board("unix", baud=115200, rx_buffer=64, rx_rate=9000) as b:
+        session = BoardSession(open_link(b.port))
+        try:
+            session.raw_paste = False  # as on the micro:bit: paced writes, length-checked cells
+            session.connect(10)
+            cell = "n = 0\n" + "n += 1  # a comment that makes the cell longer than the board's buffer\n" * 6
+            result = session.exec(cell + "print('ran', n)")
+            assert result.error is None, result.error
+            assert result.text == "ran 6\n"  # exactly once: a refused copy never ran
+            assert "rx buffer full" in b.log()  # bytes really were lost on the way
+            assert session.paced_rate < 11520
+            assert session.exec("n").error is None and session.eval("n") == 6
+        finally:
+            session.close()

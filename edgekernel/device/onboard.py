@@ -31,6 +31,8 @@ MARKER_LEAD = b"\x1e"
 MARKER_LEN = 6
 MARKER_MIN, MARKER_MAX = 10000, 99999
 NO_STDIN_SUFFIX = "X"
+# The helper's words for a cell that lost bytes on the way (checked by length before it runs).
+DAMAGED_CELL = "the cell arrived damaged"
 
 HELPER_SOURCE = """\
 try:

@@ -47,6 +47,12 @@ SMALL_CODE = 240
 # drops the rest; a native-USB board could otherwise be flooded).
 PACED_CHUNK = 16
 PACED_RATE = 11520  # bytes/s
+# A paced cell the board's helper reports damaged (a length check: nothing ran) is sent again,
+# each time at half the pace: a board that drains slower than a wire (an emulated CPU on a busy
+# host, a board busy in interrupts) then gets what it can take. Never below a 9600-baud wire.
+DAMAGED_RESENDS = 3
+END_BYTE_NUDGE = 1.0  # seconds of silence after a paced program's \x04 before sending another
+SLOWEST_PACED_RATE = 960
 
 OutputCallback = Callable[[bytes], None]
 InputCallback = Callable[[str], "str | None"]
@@ -75,6 +81,8 @@ class BoardSession:
         self.log = log
         self.raw_paste: bool | None = None   # learned on first use, per connection
         self.free_ram: int | None = None
+        #: Bytes/s for boards without flow control; lowered when a cell arrives damaged.
+        self.paced_rate = PACED_RATE
         self._buf = bytearray()
         self._at_prompt = False              # a raw-REPL '>' was consumed; the board waits for code
         self._helpers = False
@@ -202,7 +210,16 @@ class BoardSession:
         self._at_prompt = True
 
     def _install_helpers(self, deadline: float) -> None:
-        self._run_native(onboard.HELPER_SOURCE.encode(), deadline)
+        for resend in range(DAMAGED_RESENDS + 1):
+            try:
+                self._run_native(onboard.HELPER_SOURCE.encode(), deadline)
+                break
+            except DeviceError as exc:
+                # The helper is known-good code: refused on a link without flow control, it lost
+                # bytes on the way. Send it again, slower (as damaged cells are).
+                if self.raw_paste is True or resend == DAMAGED_RESENDS:
+                    raise
+                self.paced_rate = max(SLOWEST_PACED_RATE, self.paced_rate // 2)
         self._helpers = True
         if self.free_ram is None:
             out = self._run_native(b"import gc\ngc.collect()\nprint(gc.mem_free())", deadline)
@@ -258,14 +275,23 @@ class BoardSession:
             wait = next_write - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            next_write = time.monotonic() + PACED_CHUNK / PACED_RATE
+            next_write = time.monotonic() + PACED_CHUNK / self.paced_rate
             if self._interrupt_at is not None:
                 # Ctrl-C at the raw prompt cleared what the board had; sending the
                 # rest (or the final \x04) would run a fragment or soft-reset it.
                 self._at_prompt = False
                 raise _UploadInterrupted
             self.link.write(code[i: i + PACED_CHUNK])
+        # The end byte keeps the pace too: lost in a full buffer, it would leave the board waiting.
+        wait = next_write - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         self.link.write(b"\x04")
+        if not self._read_more(min(END_BYTE_NUDGE, max(0.0, deadline - time.monotonic()))) and not self._buf:
+            # Silence where an OK comes within milliseconds: the end byte was lost. A second one makes
+            # the board compile what it has, which the helper's length check refuses (and we resend).
+            # Were the board only slow, the spare \x04 runs an empty program whose answer is resynced.
+            self.link.write(b"\x04")
         self._expect_ok(deadline)
 
     @property
@@ -397,7 +423,8 @@ class BoardSession:
         if show_value:
             source = onboard.show_trailing_expression(source)
         marker = onboard.new_marker()
-        for attempt in (1, 2):
+        helper_retry = damaged_resends = 0
+        while True:
             if not self._helpers:
                 if not self._at_prompt:
                     self._enter_raw_repl(setup_deadline)
@@ -426,9 +453,15 @@ class BoardSession:
                 self._interrupt_at = None
                 if self._resync_after_run:
                     self._at_prompt = False
-            if attempt == 1 and _helpers_missing(result):
+            if not helper_retry and _helpers_missing(result):
                 # The board was reset behind our back; the cell did not run. Reinstall and retry.
+                helper_retry = 1
                 self._helpers = False
+                continue
+            if _arrived_damaged(result) and damaged_resends < DAMAGED_RESENDS:
+                # The helper refused the cell before running it: sending it again is safe.
+                damaged_resends += 1
+                self.paced_rate = max(SLOWEST_PACED_RATE, self.paced_rate // 2)
                 continue
             break
         result.seconds = time.monotonic() - start
@@ -531,6 +564,11 @@ class BoardSession:
 
 class _UploadInterrupted(Exception):
     """interrupt() arrived while a program was still being sent."""
+
+
+def _arrived_damaged(result: ExecResult) -> bool:
+    return (result.error is not None and result.error.type == "OSError"
+            and onboard.DAMAGED_CELL in result.error.message and not result.output)
 
 
 def _helpers_missing(result: ExecResult) -> bool:
