@@ -98,9 +98,9 @@ def test_framed_call_round_trips_any_source(source):
     m = onboard.new_marker()
     call = onboard.framed_call(m, source)
     node = ast.parse(call.decode(), mode="eval").body
-    assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ek.run"
+    assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ek"
     number, sent, length = (ast.literal_eval(a) for a in node.args)  # the length is checked by default
-    assert onboard.MARKER_LEAD + str(number).encode() == m
+    assert onboard.marker_for(number) == m and onboard.marker_number(m) == number
     assert sent.rstrip(" ") == source.rstrip(" ") and len(sent) == length  # short cells are padded
     # Only printable ASCII and UTF-8 on the wire: no byte the raw REPL would act on.
     assert not any(b < 0x20 for b in call)
