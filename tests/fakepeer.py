@@ -163,6 +163,8 @@ class _EkStub:
         if v is not None:
             self.value = repr(v)
 
+    o = out  # the serial helper's short name
+
 
 def cpython_cell(source: str) -> Reply:
     """Default cell handler: run the cell in CPython (prints and values are

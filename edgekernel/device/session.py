@@ -395,7 +395,7 @@ class BoardSession:
         setup_deadline = min(deadline, start + 10.0)
         source = code.decode() if isinstance(code, bytes) else code
         if show_value:
-            source = onboard.show_trailing_expression(source)
+            source = onboard.show_trailing_expression(source, onboard.SHOW_CALL)
         marker = onboard.new_marker()
         for attempt in (1, 2):
             if not self._helpers:
