@@ -408,7 +408,7 @@ class FakeBoard(FakeLink):
             self.marker = onboard.marker_for(int(text.rsplit("(", 1)[1].rstrip(")"))).decode()
             self.emit(b"\x04\x04>")
             return
-        if text.startswith("_ek("):
+        if text.startswith("_ekr("):
             if not self.helpers:
                 self.emit(b"\x04" + mp_traceback("NameError", "name '_ek' isn't defined", (("<stdin>", 1, "<module>"),)) + b"\x04>")
                 return

@@ -102,7 +102,7 @@ def test_framed_call_round_trips_any_source(source):
     m = onboard.new_marker()
     call = onboard.framed_call(m, source)
     node = ast.parse(call.decode(), mode="eval").body
-    assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ek"
+    assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ekr"
     number, sent, length = (ast.literal_eval(a) for a in node.args)  # the length is checked by default
     assert onboard.marker_for(number) == m and onboard.marker_number(m) == number
     assert sent.rstrip(" ") == source.rstrip(" ") and len(sent) == length  # short cells are padded

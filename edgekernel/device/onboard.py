@@ -3,7 +3,7 @@
 Why a helper on the board at all: the raw REPL separates a program's output
 from its traceback only by two \\x04 bytes, so a program that prints \\x04
 desynchronises any host that trusts them. Instead each cell runs inside
-``_ek(marker, source)`` (the class call runs it), which reports the outcome after *marker*, a
+``_ekr(marker, source)`` (``_ek.run``), which reports the outcome after *marker*, a
 random token chosen per execution that the program cannot guess:
 
     <output> M R <repr of trailing expression>   (only if there is one)
@@ -45,7 +45,7 @@ class _ek:
     m = ''
     def k(n):
         return '\x1e%c%c%c' % (64 + n % 62, 64 + n // 62 % 62, 64 + n // 3844)
-    def __init__(_, n, s, k=-1):
+    def run(n, s, k=-1):
         m = _ek.m = _ek.k(n)
         try:
             if k >= 0 and len(s) != k:
@@ -82,6 +82,7 @@ import sys
 _ek.sys = sys
 del sys
 input = _ek.inp
+_ekr = _ek.run
 """
 
 # Frames of the helper itself, hidden from users' tracebacks, and the file name
@@ -149,8 +150,9 @@ def framed_call(marker: bytes, source: str, check_length: bool = True) -> bytes:
     refused instead of run; raw-paste's flow control makes it unnecessary."""
     source = _short_literal_padding(source)
     length = f",{len(source)}" if check_length else ""
-    # Calling the class runs the cell (its __init__): 4 bytes fewer than _ek.run on every cell.
-    return f"_ek({marker_number(marker)},{source!r}{length})".encode()
+    # _ekr is _ek.run under a shorter name (3 bytes fewer on every cell). Not _ek() with
+    # the run in __init__: constructing an instance costs C stack the micro:bit lacks.
+    return f"_ekr({marker_number(marker)},{source!r}{length})".encode()
 
 
 def set_marker_call(marker: bytes) -> bytes:
