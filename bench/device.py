@@ -182,7 +182,7 @@ class Edgekernel:
         if fd is None:
             return
         m = onboard.new_marker()
-        program = onboard.framed_call(m, onboard.show_trailing_expression("1+1")) + b"\x04"
+        program = onboard.framed_call(m, onboard.show_trailing_expression("1+1", onboard.SHOW_CALL)) + b"\x04"
         end = m + b"D\x04\x04>"
 
         def exchange(data: bytes, ending: bytes) -> None:

@@ -163,6 +163,8 @@ class _EkStub:
         if v is not None:
             self.value = repr(v)
 
+    o = out  # the serial helper's short name
+
 
 def cpython_cell(source: str) -> Reply:
     """Default cell handler: run the cell in CPython (prints and values are
@@ -402,18 +404,18 @@ class FakeBoard(FakeLink):
             if not self.helpers:
                 self.emit(b"\x04" + mp_traceback("NameError", "name '_ek' isn't defined", (("<stdin>", 1, "<module>"),)) + b"\x04>")
                 return
-            # _ek.m='\x1e'+str(NNNNN): the marker travels as a number.
-            self.marker = "\x1e" + text.rsplit("(", 1)[1].rstrip(")")
+            # _ek.m=_ek.k(NNNNN): the marker travels as a number.
+            self.marker = onboard.marker_for(int(text.rsplit("(", 1)[1].rstrip(")"))).decode()
             self.emit(b"\x04\x04>")
             return
-        if text.startswith("_ek.run("):
+        if text.startswith("_ekr("):
             if not self.helpers:
                 self.emit(b"\x04" + mp_traceback("NameError", "name '_ek' isn't defined", (("<stdin>", 1, "<module>"),)) + b"\x04>")
                 return
             call = ast.parse(text, mode="eval").body
             number, source, *length = (ast.literal_eval(a) for a in call.args)
             assert not length or len(source) == length[0], "the host sent a wrong length"
-            self.marker = "\x1e" + str(number)
+            self.marker = onboard.marker_for(number).decode()
             source = source.rstrip(" ") if len(source) == 11 else source  # padding of short cells
             self.cells.append(source)
             self._finish(self.cell(source), framed=True)

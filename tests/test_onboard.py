@@ -76,6 +76,10 @@ def test_show_trailing_expression_with_unusual_line_breaks(source, expected):
     assert ste(source) == expected
 
 
+def test_show_trailing_expression_with_the_short_call():
+    assert ste("x = 1\nf(x,\n  2)", onboard.SHOW_CALL) == "x = 1\n_ek.o(f(x,\n  2))"
+
+
 # -- markers and the framed call ----------------------------------------------------------------
 
 
@@ -98,9 +102,9 @@ def test_framed_call_round_trips_any_source(source):
     m = onboard.new_marker()
     call = onboard.framed_call(m, source)
     node = ast.parse(call.decode(), mode="eval").body
-    assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ek.run"
+    assert isinstance(node, ast.Call) and ast.unparse(node.func) == "_ekr"
     number, sent, length = (ast.literal_eval(a) for a in node.args)  # the length is checked by default
-    assert onboard.MARKER_LEAD + str(number).encode() == m
+    assert onboard.marker_for(number) == m and onboard.marker_number(m) == number
     assert sent.rstrip(" ") == source.rstrip(" ") and len(sent) == length  # short cells are padded
     # Only printable ASCII and UTF-8 on the wire: no byte the raw REPL would act on.
     assert not any(b < 0x20 for b in call)
@@ -116,7 +120,7 @@ def run_helper(*cells: str, stdin: bytes = b"", show_value: bool = True, install
     m = onboard.new_marker()
     lines = [onboard.HELPER_SOURCE] * (2 if install_twice else 1)
     for cell in cells:
-        lines.append(onboard.framed_call(m, ste(cell) if show_value else cell).decode())
+        lines.append(onboard.framed_call(m, ste(cell, onboard.SHOW_CALL) if show_value else cell).decode())
     script = "\n".join(lines) + "\n"
     proc = subprocess.run([micropython_executable(), "-c", script], input=stdin, capture_output=True, timeout=10)
     return m, proc.stdout
@@ -242,7 +246,7 @@ def test_framed_calls_leave_no_heap_behind():
     # never freed: a marker that short costs heap on every cell, for good, until
     # the board resets (the micro:bit runs out after ~230 cells).
     n = 300
-    fresh = [onboard.framed_call(onboard.new_marker(), ste("1+1")).decode() for _ in range(n)]
+    fresh = [onboard.framed_call(onboard.new_marker(), ste("1+1", onboard.SHOW_CALL)).decode() for _ in range(n)]
     same = [fresh[0]] * n        # the harness's own cost: same cells, one marker
     extra = _heap_lost(fresh) - _heap_lost(same)
     assert extra <= 64, f"{extra} bytes of heap lost over {n - 1} cells ({extra / (n - 1):.1f} per cell)"

@@ -421,7 +421,7 @@ class BoardSession:
         setup_deadline = min(deadline, start + 10.0)
         source = code.decode() if isinstance(code, bytes) else code
         if show_value:
-            source = onboard.show_trailing_expression(source)
+            source = onboard.show_trailing_expression(source, onboard.SHOW_CALL)
         marker = onboard.new_marker()
         helper_retry = damaged_resends = 0
         while True:
