@@ -52,7 +52,11 @@ class FileTransferError(DeviceError):
     """A file operation failed; the message says what is left on the board."""
 
 
-@dataclass(frozen=True)
+class _StrayCtrlC(FileTransferError):
+    """The stream receiver met a 0x03 while the host had not interrupted: the put is retried once."""
+
+
+@dataclass
 class Caps:
     stat: bool = False
     ilistdir: bool = False
@@ -445,7 +449,10 @@ class BoardFiles:
         target = temp or dest
         started = time.perf_counter()
         try:
-            s0, n, digest = self._put_via(self.last_path.name, data, target, append, progress, label=dest)
+            try:
+                s0, n, digest = self._put_via(self.last_path.name, data, target, append, progress, label=dest)
+            except _StrayCtrlC:
+                s0, n, digest = self._put_via(self.last_path.name, data, target, append, progress, label=dest)
         except FileTransferError as exc:
             if temp is None:
                 raise
@@ -657,6 +664,9 @@ class BoardFiles:
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
             if why.startswith("KeyboardInterrupt"):
+                if result.interrupted is None and not append:
+                    # A 0x03 nobody here sent: a late byte of an earlier reset's recovery.
+                    raise _StrayCtrlC(f"put {label} failed on the board: a stray Ctrl-C in the data")
                 why = "interrupted"
             if append:
                 left = "the file on the board is kept, possibly with part of the data appended"
