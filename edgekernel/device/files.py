@@ -455,7 +455,10 @@ class BoardFiles:
                 s0, n, digest = self._put_via(self.last_path.name, data, target, append, progress, label=dest)
         except FileTransferError as exc:
             if temp is None:
-                raise
+                if append:
+                    raise
+                raise FileTransferError(f"{exc} (this board has no os.rename, so a put writes the file in "
+                                        "place: put it again)") from None
             raise FileTransferError(f"{exc}; {self._unchanged(dest, temp)}") from None
         seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
@@ -665,7 +668,15 @@ class BoardFiles:
             why = _one_line(result.error) if result.error is not None else "timed out"
             if why.startswith("KeyboardInterrupt"):
                 if result.interrupted is None and not append:
-                    # A 0x03 nobody here sent: a late byte of an earlier reset's recovery.
+                    # A 0x03 nobody here sent (a late byte of an earlier reset or resync, which the
+                    # emulated board may hold until Ctrl-C is enabled again): if the receiver had
+                    # reported the whole file, the transfer is done; otherwise it is sent again.
+                    done = re.search(r"=(\(.*\))\n", text)
+                    if done:
+                        try:
+                            return ast.literal_eval(done.group(1))
+                        except (ValueError, SyntaxError):
+                            pass
                     raise _StrayCtrlC(f"put {label} failed on the board: a stray Ctrl-C in the data")
                 why = "interrupted"
             if append:
