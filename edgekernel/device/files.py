@@ -632,14 +632,17 @@ class BoardFiles:
         wire = self._frames(data, block, wbits)
         n = len(wire)
         link = self.session.link
-        state = {"credit": 0, "sent": 0, "started": False, "failed": False}
+        state = {"credit": 0, "sent": 0, "started": False, "failed": False, "reported": False}
         out = bytearray()
 
         def on_output(chunk: bytes) -> None:
             out.extend(chunk)
-            if state["failed"]:
+            if state["failed"] or state["reported"]:
                 return
             for byte in chunk:
+                if byte == 0x3D:      # '=': the result, whose digest may hold any of these bytes
+                    state["reported"] = True
+                    break
                 if byte == 0x23:      # '#'
                     state["credit"] += window
                 elif byte == 0x53 and not state["started"]:   # 'S'
