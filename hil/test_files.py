@@ -41,9 +41,27 @@ def test_round_trips(files, board):
 def test_capabilities_match_the_board(files, board):
     c = files.caps
     if board.target.name == "microbit":
-        assert not c.stream and not c.sha256 and not c.ilistdir and c.listdir and c.size
+        # Its flat filesystem has no os.rename: puts there write in place (and say so on failure).
+        assert not c.stream and not c.sha256 and not c.ilistdir and c.listdir and c.size and not c.rename
     else:
-        assert c.stream and c.sha256 and c.deflate
+        assert c.stream and c.sha256 and c.deflate and c.rename
+
+
+def test_failed_put_keeps_the_old_file(files, board, monkeypatch):
+    """A put that fails verification leaves the old file and no temporary file (where os.rename exists)."""
+    if not files.caps.rename:
+        pytest.skip("no os.rename on this board: puts write in place")
+    files.put(b"old\n", "keep.txt")
+    real = BoardFiles.host_digest
+    monkeypatch.setattr(BoardFiles, "host_digest", lambda self, data: real(self, data + b"x"))
+    with pytest.raises(FileTransferError, match="keep.txt on the board is unchanged"):
+        files.put(_rand(3000), "keep.txt")
+    monkeypatch.undo()
+    assert files.get("keep.txt") == b"old\n"
+    assert ".keep.txt.ek-tmp" not in _sizes(files)
+    files.put(b"new\n", "keep.txt")
+    assert files.get("keep.txt") == b"new\n"
+    files.rm("keep.txt")
 
 
 def test_append_where_supported(files, board):
@@ -91,7 +109,7 @@ def test_microbit_full_flash_fails_cleanly(files, board):
     with pytest.raises(FileTransferError) as e:
         files.put(_rand(40_000), "huge.bin")
     msg = str(e.value)
-    assert "\n" not in msg and "28" in msg and "partial file was removed" in msg
+    assert "\n" not in msg and "28" in msg and "partial file was removed" in msg and "no os.rename" in msg
     assert "huge.bin" not in _sizes(files) and _sizes(files) == before
     files.put(b"after", "after.txt")
     assert files.get("after.txt") == b"after"

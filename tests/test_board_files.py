@@ -114,9 +114,11 @@ def test_verification_mismatch_is_detected(files, tmp_path, monkeypatch):
     real = BoardFiles.host_digest
     # The host expects a different hash than the board reports: as if the file was damaged.
     monkeypatch.setattr(BoardFiles, "host_digest", lambda self, data: real(self, data + b"x"))
-    with pytest.raises(FileTransferError, match="verification failed.*removed"):
+    (tmp_path / "v.bin").write_bytes(b"the old file")
+    with pytest.raises(FileTransferError, match="verification failed.*v.bin on the board is unchanged"):
         files.put(b"some data", "v.bin")
-    assert not (tmp_path / "v.bin").exists()
+    assert (tmp_path / "v.bin").read_bytes() == b"the old file"
+    assert sorted(os.listdir(tmp_path)) == ["v.bin"]   # no temporary file left
     (tmp_path / "w.bin").write_bytes(b"board data")
     with pytest.raises(FileTransferError, match="get w.bin: verification failed"):
         files.get("w.bin")
@@ -139,12 +141,14 @@ def test_board_error_mid_transfer_removes_partial_file(unix_session, tmp_path):
         " def close(s):\n  s.f.close()\n"
         "def _badopen(p,m='r'):\n f=_ekopen(p,m)\n return _Bad(f) if 'w' in m else f\n"
         "builtins.open=_badopen\n")
+    (tmp_path / "big.bin").write_bytes(b"the old file")
     try:
-        with pytest.raises(FileTransferError, match="28.*partial file was removed"):
+        with pytest.raises(FileTransferError, match="28.*big.bin on the board is unchanged"):
             files.put(_rand(200_000), "big.bin")
     finally:
         unix_session.exec("import builtins\nbuiltins.open=_ekopen")
-    assert not (tmp_path / "big.bin").exists()
+    assert (tmp_path / "big.bin").read_bytes() == b"the old file"
+    assert not (tmp_path / ".big.bin.ek-tmp").exists()
     files.put(b"after", "after.txt")   # the link is in sync: nothing was left in flight
     assert files.get("after.txt") == b"after"
 

@@ -71,3 +71,29 @@ def test_rm_mkdir_df_meminfo_and_errors(board_and_kernel) -> None:
     assert missing.status == "error" and missing.content["evalue"]
     assert kernel.execute("%cat nothing-here.txt").status == "error"
     assert kernel.execute("%sendtofile").status == "error"
+
+
+def test_interrupt_during_sendtofile_keeps_the_old_file(board_and_kernel, tmp_path: Path) -> None:
+    """Kernel -> Interrupt mid-transfer: the cell ends with one clear line, the board's old file
+    is intact with no temporary file beside it, and the board runs the next cell at once."""
+    import time
+    board, kernel = board_and_kernel
+    flash = Path(board.flash_dir)
+    (flash / "keep.bin").write_bytes(b"the old file")
+    local = tmp_path / "huge.bin"
+    local.write_bytes(os.urandom(3_000_000))
+    msg_id = kernel.send_execute(f"%sendtofile --source {local} keep.bin")
+    deadline = time.monotonic() + 60
+    while not any(m["msg_type"] in ("display_data", "update_display_data") for m in kernel._iopub.get(msg_id, [])):
+        assert msg_id not in kernel._replies and time.monotonic() < deadline, "the transfer did not start"
+        kernel._pump(0.01)
+    kernel.km.interrupt_kernel()
+    reply = kernel.wait_reply(msg_id, timeout=30)
+    kernel.wait_idle(msg_id)
+    content = reply["content"]
+    assert content["status"] == "error", content
+    message = f"{content['ename']}: {content['evalue']}"
+    assert "\n" not in content["evalue"] and "interrupted" in message and "keep.bin on the board is unchanged" in message
+    assert (flash / "keep.bin").read_bytes() == b"the old file"
+    assert not (flash / ".keep.bin.ek-tmp").exists()
+    assert kernel.ok("print(6*7)").stream().strip() == "42"

