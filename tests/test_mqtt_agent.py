@@ -378,3 +378,11 @@ def test_agent_refuses_a_cell_larger_than_its_ram_allows(mosquitto, agent_board_
     assert answers[-1] == b"huge-1 1 d\nerr 0"
     with MqttSession.open(url) as board:
         assert board.exec("'still fine'", show_value=True).value == "'still fine'"
+
+
+@pytest.mark.parametrize("url", ["mqtt://lab:s3cret-pw@broker/dev1", "http://lab:s3cret-pw@broker/dev1",
+                                 "mqtts://lab:s3cret-pw@broker"])
+def test_a_password_in_the_url_is_refused_without_echoing_it(url):
+    with pytest.raises(ValueError) as refused:
+        parse_mqtt_url(url)
+    assert "s3cret-pw" not in str(refused.value) and "--password-env" in str(refused.value)

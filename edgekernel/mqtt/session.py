@@ -86,11 +86,11 @@ class MqttUrl:
 def parse_mqtt_url(url: str) -> MqttUrl:
     """Parse a board URL. A password in it is refused: it would end up in logs and history."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://[user@]broker[:port]/DEVICE_ID)")
-    if parts.password is not None:
+    if parts.password is not None:   # checked first: no later message may echo the URL with it
         raise ValueError("put no password in the URL (it would show in logs and history): "
                          "use --password-env VAR or answer the prompt")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://[user@]broker[:port]/DEVICE_ID)")
     device_id = parts.path.strip("/")
     if not device_id or "/" in device_id or "+" in device_id or "#" in device_id:
         raise ValueError(f"the URL needs the board's device id as its path: mqtt://broker/DEVICE_ID (got {url!r})")
