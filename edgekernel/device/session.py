@@ -60,6 +60,7 @@ InputCallback = Callable[[str], "str | None"]
 # Escalation ladder for interrupts: (seconds after the first Ctrl-C, step name).
 QUIET = 0.03        # silence that confirms an ending which could also be output
 PROBE_WAIT = 0.5    # how long a board at its prompt may take to answer Ctrl-A
+PROBE_RETRIES = 2   # asks again after a silent PROBE_WAIT
 _LADDER = ((0.5, "ctrl-c x2"), (1.0, "raw-repl"), (2.0, "soft-reset"), (4.0, "hard-reset"), (7.0, "give-up"))
 
 
@@ -605,6 +606,7 @@ class _Follower:
         self.scan_from = 0          # where to look for reset signs next
         self.seen_marker = False
         self.probe_at: float | None = None  # when we asked a possibly-reset board for its banner
+        self.probes_left = 0                # further asks after a silent one
 
     # Output goes to the caller as soon as it is known not to be framing.
     def emit(self, data: bytes) -> None:
@@ -652,7 +654,14 @@ class _Follower:
             if self.probe_at is not None:
                 wait = min(wait, max(0.0, self.probe_at + PROBE_WAIT - now))
                 if not s._read_more(wait) and time.monotonic() >= self.probe_at + PROBE_WAIT:
-                    self.end_probe(confirmed=False)
+                    if self.probes_left and not s._buf:
+                        # Silence: a board still booting, or one that lost the byte (no flow control),
+                        # may not have seen it. Ask again before believing it is a running program.
+                        self.probes_left -= 1
+                        self.probe_at = time.monotonic()
+                        s.link.write(b"\x01")
+                    else:
+                        self.end_probe(confirmed=False)
                 continue
             quiet_check = self.end_candidate() or self.reset_candidate()
             if quiet_check:
@@ -810,6 +819,7 @@ class _Follower:
             self.emit(bytes(s._buf))
             s._buf.clear()
             self.probe_at = time.monotonic()
+            self.probes_left = PROBE_RETRIES
             s.link.write(b"\x01")
         return False
 
