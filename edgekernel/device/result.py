@@ -1,9 +1,13 @@
 """What an execution on the board returns, and how board text is made readable."""
 from __future__ import annotations
 
+import ast
 import codecs
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DeviceError
 
 CELL_FILE = "<cell>"
 
@@ -128,3 +132,35 @@ class OutputDecoder:
 def board_text(data: bytes) -> str:
     """Decode a complete piece of board output."""
     return OutputDecoder().decode(data, final=True)
+
+
+class ValuesFromExec:
+    """eval() and run_internal() for any session whose exec() returns an ExecResult
+    (BoardSession over a byte link, MqttSession through a broker)."""
+
+    def exec(self, code: str, *, timeout: float | None = None, **options: Any) -> ExecResult:
+        raise NotImplementedError
+
+    def eval(self, expression: str, timeout: float = 10.0) -> Any:
+        """Evaluate an expression on the board and return it as a Python value.
+
+        The board sends repr(); the host parses it with ast.literal_eval, never
+        eval, so only plain data (numbers, strings, bytes, lists, dicts...) comes back.
+        """
+        # _ek.val reports the repr without touching the user's `_`.
+        result = self.exec(f"_ek.val((\n{expression}\n))", timeout=timeout)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        if result.value is None:
+            return None
+        try:
+            return ast.literal_eval(result.value)
+        except (ValueError, SyntaxError):
+            raise DeviceError(f"the board's value is not plain data: {result.value[:80]}") from None
+
+    def run_internal(self, code: str, timeout: float = 10.0) -> str:
+        """Run helper code of our own; return its output, raise DeviceError if it failed."""
+        result = self.exec(code, timeout=timeout)
+        if result.error:
+            raise DeviceError(f"{result.error.type}: {result.error.message}")
+        return result.text

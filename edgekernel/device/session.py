@@ -12,7 +12,6 @@ the end of its output.
 """
 from __future__ import annotations
 
-import ast
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 from ..links import Link, LinkClosed, open_link
 from . import onboard
 from .errors import BoardBusy, BoardNotResponding, CodeTooLarge, DeviceError
-from .result import BoardException, ExecResult, InterruptReport, parse_traceback
+from .result import BoardException, ExecResult, InterruptReport, ValuesFromExec, parse_traceback
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 SOFT_REBOOT = b"soft reboot\r\n"
@@ -64,7 +63,7 @@ PROBE_RETRIES = 2   # asks again after a silent PROBE_WAIT
 _LADDER = ((0.5, "ctrl-c x2"), (1.0, "raw-repl"), (2.0, "soft-reset"), (4.0, "hard-reset"), (7.0, "give-up"))
 
 
-class BoardSession:
+class BoardSession(ValuesFromExec):
     """Run code on a MicroPython board.
 
     >>> with BoardSession.open("/dev/ttyUSB0") as board:
@@ -215,7 +214,7 @@ class BoardSession:
             try:
                 self._run_native(onboard.HELPER_SOURCE.encode(), deadline)
                 break
-            except DeviceError as exc:
+            except DeviceError:
                 # The helper is known-good code: refused on a link without flow control, it lost
                 # bytes on the way. Send it again, slower (as damaged cells are).
                 if self.raw_paste is True or resend == DAMAGED_RESENDS:
@@ -469,30 +468,6 @@ class BoardSession:
         if result.reset:
             self._helpers = False
         return result
-
-    def eval(self, expression: str, timeout: float = 10.0) -> Any:
-        """Evaluate an expression on the board and return it as a Python value.
-
-        The board sends repr(); the host parses it with ast.literal_eval, never
-        eval, so only plain data (numbers, strings, bytes, lists, dicts...) comes back.
-        """
-        # _ek.val reports the repr without touching the user's `_`.
-        result = self.exec(f"_ek.val((\n{expression}\n))", timeout=timeout)
-        if result.error:
-            raise DeviceError(f"{result.error.type}: {result.error.message}")
-        if result.value is None:
-            return None
-        try:
-            return ast.literal_eval(result.value)
-        except (ValueError, SyntaxError):
-            raise DeviceError(f"the board's value is not plain data: {result.value[:80]}") from None
-
-    def run_internal(self, code: str, timeout: float = 10.0) -> str:
-        """Run helper code of our own; return its output, raise DeviceError if it failed."""
-        result = self.exec(code, timeout=timeout)
-        if result.error:
-            raise DeviceError(f"{result.error.type}: {result.error.message}")
-        return result.text
 
     # -- interrupt and resets ------------------------------------------------------
 

@@ -24,7 +24,6 @@ shows a loss. How the agent interrupts running code is described in firmware/eka
 """
 from __future__ import annotations
 
-import ast
 import json
 import queue
 import secrets
@@ -41,7 +40,7 @@ import paho.mqtt.client as mqtt
 
 from ..device import onboard
 from ..device.errors import BoardBusy, BoardNotResponding, DeviceError, LinkClosed
-from ..device.result import BoardException, ExecResult, InterruptReport, parse_traceback
+from ..device.result import BoardException, ExecResult, InterruptReport, ValuesFromExec, parse_traceback
 
 TOPIC_PREFIX = "edgekernel"
 DEFAULT_MAX_PART = 1800          # the agent announces its own limit in its status
@@ -119,7 +118,7 @@ class _Where:
         self.description = description
 
 
-class MqttSession:
+class MqttSession(ValuesFromExec):
     """A board reached through an MQTT broker and its agent.
 
     >>> with MqttSession.open("mqtt://127.0.0.1:1883/kitchen") as board:
@@ -404,24 +403,6 @@ class MqttSession:
         first = next((i for i, f in enumerate(error.frames) if f.file == filename), 0)
         error.frames = error.frames[first:]
         return error
-
-    def eval(self, expression: str, timeout: float = 10.0) -> Any:
-        """A board expression's value as Python data (parsed with ast.literal_eval, never eval)."""
-        result = self.exec(f"_ek.val((\n{expression}\n))", timeout=timeout)
-        if result.error:
-            raise DeviceError(f"{result.error.type}: {result.error.message}")
-        if result.value is None:
-            return None
-        try:
-            return ast.literal_eval(result.value)
-        except (ValueError, SyntaxError):
-            raise DeviceError(f"the board's value is not plain data: {result.value[:80]}") from None
-
-    def run_internal(self, code: str, timeout: float = 10.0) -> str:
-        result = self.exec(code, timeout=timeout)
-        if result.error:
-            raise DeviceError(f"{result.error.type}: {result.error.message}")
-        return result.text
 
     # -- interrupt and resets ----------------------------------------------------------
 
