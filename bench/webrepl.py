@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import queue
 import random
@@ -36,21 +35,10 @@ from jupyter_client import KernelManager
 from edgekernel.device import BoardSession
 from edgekernel.device.files import BoardFiles
 from edgekernel.emulator import start_board
+from kernel import make_specs, percentile  # bench/kernel.py: the same two kernelspecs (+ a do-nothing one)
 
 PASSWORD = "bench-pw"
 CELL_LIMIT_S = 300.0
-
-
-def make_specs(root: Path) -> None:
-    specs = {
-        "bench-edgekernel": [sys.executable, "-m", "edgekernel.kernel", "-f", "{connection_file}"],
-        "bench-anchor": [sys.executable, "-m", "jupyter_micropython_kernel", "-f", "{connection_file}"],
-    }
-    for name, argv in specs.items():
-        d = root / "kernels" / name
-        d.mkdir(parents=True)
-        (d / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python",
-                                                   "env": {"EDGEKERNEL_PROFILE": "serial"}}))
 
 
 def payloads() -> list[tuple[str, bytes]]:
@@ -96,11 +84,6 @@ class Kernel:
             self.kc.stop_channels()
         finally:
             self.km.shutdown_kernel(now=False)
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def sha(data: bytes) -> str:
