@@ -7,6 +7,7 @@ import pytest
 from edgekernel.device import BoardSession
 
 from fakepeer import FakeBoard, PtyLink, micropython_executable
+from kernel_fixtures import alive
 
 
 @pytest.fixture
@@ -44,14 +45,6 @@ def unix_session():
         assert link.proc.poll() is not None, f"micropython pid {link.proc.pid} still running"
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
 @pytest.fixture
 def mosquitto():
     """A mosquitto broker on 127.0.0.1 (random port, set_tcp_nodelay), stopped by PID afterwards."""
@@ -63,7 +56,7 @@ def mosquitto():
         yield broker
     finally:
         broker.stop()
-        assert _gone(broker.pid), f"mosquitto pid {broker.pid} still running"
+        assert not alive(broker.pid), f"mosquitto pid {broker.pid} still running"
 
 
 @pytest.fixture
