@@ -26,7 +26,8 @@ import tempfile
 import time
 import weakref
 
-__all__ = ["start_board", "BoardProcess", "BoardError", "BOARD_KINDS"]
+__all__ = ["start_board", "check_installed", "BoardProcess", "BoardError", "EmulatorNotInstalled",
+           "SandboxUnavailable", "BOARD_KINDS"]
 
 BOARD_KINDS = ("unix", "microbit")
 
@@ -35,6 +36,34 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class BoardError(RuntimeError):
     """An emulated board could not be started; the message says why in one line."""
+
+
+class EmulatorNotInstalled(BoardError):
+    """Software the emulated board runs on is missing (MicroPython's unix port, QEMU, the micro:bit
+    firmware); the message is one line that says what to install."""
+
+
+class SandboxUnavailable(BoardError):
+    """The unix board cannot be isolated from the host's files here (see ``sandbox``), so it refuses
+    to start; the message says why and what to do."""
+
+
+_ERROR_TYPES = {cls.__name__: cls for cls in (BoardError, EmulatorNotInstalled, SandboxUnavailable)}
+
+
+def error_from_report(report: dict) -> BoardError:
+    """The exception a board process reported as ``{"error": message, "error_type": name}``."""
+    return _ERROR_TYPES.get(report.get("error_type", ""), BoardError)(report["error"])
+
+
+def check_installed(kind: str) -> None:
+    """Raise :class:`EmulatorNotInstalled` (one line: what to install) if board ``kind`` cannot run here."""
+    if kind == "unix":
+        from .unix_board import micropython_command
+        micropython_command()
+    elif kind == "microbit":
+        from .microbit import qemu_command
+        qemu_command()
 
 
 def exit_with_parent_preexec() -> None:
@@ -185,10 +214,13 @@ def start_board(kind: str = "unix", *, baud: int | None = None, latency_ms: floa
     ``webrepl`` serves an emulated WebREPL on that 127.0.0.1 port (0: any free one; the URL is
     ``info["webrepl"]``) with ``webrepl_password`` (handed over in the environment, never in argv);
     ``webrepl_faithful`` gives it the ESP8266's timing (see ``edgekernel.emulator.webrepl``).
-    Raises :class:`BoardError` with a one-line reason if the board cannot start.
+    Raises :class:`BoardError` with a one-line reason if the board cannot start:
+    :class:`EmulatorNotInstalled` if software it needs is missing, :class:`SandboxUnavailable` if the
+    unix board cannot be isolated from this computer's files.
     """
     if kind not in BOARD_KINDS:
         raise BoardError(f"unknown board kind {kind!r} (choose from {', '.join(BOARD_KINDS)})")
+    check_installed(kind)  # here, so the caller gets EmulatorNotInstalled at once
     tmp_dirs: list[str] = []
     cmd = [sys.executable, "-m", "edgekernel.emulator", "--emulator", kind, "--json", "--watch-stdin",
            "--timeout", str(timeout)]
@@ -234,11 +266,15 @@ def start_board(kind: str = "unix", *, baud: int | None = None, latency_ms: floa
         if not chunk:
             break
         line += chunk
-    if not line.endswith(b"\n"):
+    report = json.loads(line) if line.endswith(b"\n") else {}
+    if "error" in report or not report:
         board = BoardProcess(proc, {"port": "", "kind": kind}, tmp_dirs=tmp_dirs, log_path=log_path)
+        if report:
+            board.kill()
+            raise error_from_report(report)
         reason = board.log().strip().splitlines()
         board.kill()
         if reason:
             raise BoardError(reason[-1].removeprefix("edgekernel board: "))
         raise BoardError(f"{kind} board did not start within {timeout:g} s")
-    return BoardProcess(proc, json.loads(line), tmp_dirs=tmp_dirs, log_path=log_path)
+    return BoardProcess(proc, report, tmp_dirs=tmp_dirs, log_path=log_path)

@@ -103,6 +103,8 @@ def run_board(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(args))
     except BoardError as e:
         print(f"edgekernel board: {e}", file=sys.stderr)
+        if args.json:  # start_board re-raises it with its type (e.g. EmulatorNotInstalled)
+            print(json.dumps({"error": str(e), "error_type": type(e).__name__}), flush=True)
         return 1
 
 

