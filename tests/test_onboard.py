@@ -22,11 +22,19 @@ ste = onboard.show_trailing_expression
     ("x = 1\nx", "x = 1\n_ek.out(x)"),
     ("x = 1\nx\n", "x = 1\n_ek.out(x)\n"),
     # multi-line expression: both ends rewritten, line numbers kept
-    ("a = 2\n(a,\n 3,\n 4)", "a = 2\n_ek.out((a,\n 3,\n 4))"),
+    ("a = 2\n(a,\n 3,\n 4)", "a = 2\n_ek.out(((a,\n 3,\n 4)))"),
+    # a bare tuple is one value, not several arguments
+    ("1, 2", "_ek.out((1, 2))"),
+    ("x = [1]; *x, 2  # c", "x = [1]; _ek.out((*x, 2))  # c"),
+    ("1,", "_ek.out((1,))"),
     ("f(1,\n  2)  # done\n", "_ek.out(f(1,\n  2))  # done\n"),
     # several statements on one line
     ("a = 1; a + 1", "a = 1; _ek.out(a + 1)"),
-    ("a = 1; a + 1;", "a = 1; _ek.out(a + 1);"),
+    # IPython's rule: a last token (comments aside) of ";" hides the value
+    ("a = 1; a + 1;", "a = 1; a + 1;"),
+    ("1 + 1;  # hidden", "1 + 1;  # hidden"),
+    ("'a;'", "_ek.out('a;')"),
+    ("1  # ;", "_ek.out(1)  # ;"),
     # comments before, after and on the line
     ("# head\nx = 3\nx  # the value\n# tail\n", "# head\nx = 3\n_ek.out(x)  # the value\n# tail\n"),
     # unicode earlier on the line: ast offsets are UTF-8 bytes, not characters

@@ -107,7 +107,6 @@ def _ekc():
  gc.collect();r['free_ram']=gc.mem_free()
  print(repr(r))
 _ekc()
-del _ekc
 """
 
 _HASH_SHA = "import hashlib\nH=hashlib.sha256\n"
@@ -203,7 +202,6 @@ def _ekp(p,ap,n,W,B,wb):
  f.close()
  print('='+repr((s0,t,h.digest())))
 _ekp({args})
-del _ekp
 """
 
 # Raw-bytes sender: ESC-escaped data, ESC Z, then '=' repr((length, digest)).
@@ -224,7 +222,6 @@ def _ekg(p,B):
  o.write(b'\\x1bZ')
  print('='+repr((t,h.digest())))
 _ekg({args})
-del _ekg
 """
 
 # Literal reader for boards without sys.stdout.buffer: one bytes literal per line.
@@ -241,7 +238,6 @@ def _ekg(p,K):
  f.close()
  print('='+repr((t,h.digest())))
 _ekg({args})
-del _ekg
 """
 
 _VERIFY = """\
@@ -258,7 +254,6 @@ def _ekv(p,s0):
  f.close()
  print('='+repr((s0,t,h.digest())))
 _ekv({args})
-del _ekv
 """
 
 _ESCAPES = {b"E": b"\x1b", b"R": b"\x1e", b"D": b"\x04"}
@@ -346,7 +341,8 @@ class BoardFiles:
     # -- running -------------------------------------------------------------------
 
     def _run(self, code: str, what: str, *, timeout: float = 30.0, on_output=None) -> str:
-        result = self.session.exec(code, on_output=on_output, timeout=timeout)
+        # Every program of ours runs in a namespace of its own: the user's globals stay as they are.
+        result = self.session.exec(code, on_output=on_output, timeout=timeout, scratch=True)
         if result.error is not None:
             raise FileTransferError(f"{what} failed on the board: {_one_line(result.error)}")
         if result.timed_out:
@@ -359,12 +355,12 @@ class BoardFiles:
         """Entries of a directory on the board, sorted by name (sizes only with long=True)."""
         c = self.caps
         if c.ilistdir:
-            code = ("import os\n_ekr=[]\nfor e in os.ilistdir(%r):\n"
+            code = ("import os\nr=[]\nfor e in os.ilistdir(%r):\n"
                     " s=e[3] if len(e)>3 else -1\n"
                     " if %d and s<0 and e[1]&0x4000==0:\n"
                     "  s=os.stat((%r+'/'+e[0]) if %r else e[0])[6]\n"
-                    " _ekr.append((e[0],e[1]&0x4000!=0,s))\n"
-                    "print(repr(_ekr))\ndel _ekr\n") % (path, long, path.rstrip("/"), path not in ("", "."))
+                    " r.append((e[0],e[1]&0x4000!=0,s))\n"
+                    "print(repr(r))\n") % (path, long, path.rstrip("/"), path not in ("", "."))
         elif c.listdir:
             if path not in ("", ".", "/"):
                 raise FileTransferError(f"ls {path}: this board has a flat filesystem (no directories)")
@@ -387,7 +383,7 @@ class BoardFiles:
                     " try:\n  os.remove(p);return\n except OSError:\n  pass\n"
                     " try:\n  l=[e[0] for e in os.ilistdir(p)]\n except OSError:\n  os.remove(p)\n"
                     " for n in l:\n  _ekrm(p+'/'+n)\n os.rmdir(p)\n"
-                    "_ekrm(%r)\ndel _ekrm\n") % path.rstrip("/")
+                    "_ekrm(%r)\n") % path.rstrip("/")
         elif c.stat and c.rmdir:
             code = ("import os\ntry:\n os.remove(%r)\nexcept OSError:\n"
                     " if os.stat(%r)[0]&0x4000:\n  os.rmdir(%r)\n else:\n  raise\n") % (path, path, path)
@@ -409,7 +405,7 @@ class BoardFiles:
         """(free bytes, total bytes) of the filesystem holding `path`."""
         if not self.caps.statvfs:
             raise FileTransferError("df: this board has no os.statvfs, so its free space is unknown")
-        out = self._run(f"import os\ns=os.statvfs({path!r})\nprint(repr((s[0]*s[4],s[1]*s[2])))\ndel s\n", "df")
+        out = self._run(f"import os\ns=os.statvfs({path!r})\nprint(repr((s[0]*s[4],s[1]*s[2])))\n", "df")
         free, total = _last_value(out, "(")
         return free, total
 
@@ -425,7 +421,7 @@ class BoardFiles:
             " try:\n  f=open(p,'rb')\n except OSError:\n  print('=None');return\n"
             " h=H();t=0\n while 1:\n  c=f.read(256)\n  if not c:\n   break\n  h.update(c);t+=len(c)\n"
             " f.close();print('='+repr((t,h.digest())))\n"
-            f"_ekh({path!r})\ndel _ekh\n", f"hash {path}", timeout=120)
+            f"_ekh({path!r})\n", f"hash {path}", timeout=120)
         return _after_eq(out)
 
     # -- put -----------------------------------------------------------------------
@@ -665,7 +661,7 @@ class BoardFiles:
 
         code = _RECEIVER.replace("{hash}", self._hash_code).replace(
             "{args}", f"{dest!r},{int(append)},{n},{window},{block},{wbits}")
-        result = self.session.exec(code, on_output=on_output, timeout=60 + n / 500)
+        result = self.session.exec(code, on_output=on_output, timeout=60 + n / 500, scratch=True)
         text = out.decode(errors="replace")
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
@@ -708,14 +704,14 @@ class BoardFiles:
         if append:
             if not c.stat:
                 raise FileTransferError(f"put {dest}: appending needs os.stat, which this board lacks; nothing was written")
-            opening = (f"import os\ntry:\n _eks=os.stat({dest!r})[6]\nexcept OSError:\n _eks=0\n"
-                       f"_ekf=open({dest!r},'ab')\nprint('='+repr(_eks))\n")
+            opening = (f"import os\ntry:\n s=os.stat({dest!r})[6]\nexcept OSError:\n s=0\n"
+                       f"_ek.f=open({dest!r},'ab')\nprint('='+repr(s))\n")
         else:
-            opening = f"_ekf=open({dest!r},'wb')\nprint('=0')\n"
+            opening = f"_ek.f=open({dest!r},'wb')\nprint('=0')\n"
         s0 = _after_eq(self._run(opening, f"put {label}"))
         step = self._literal_chunk()
         if c.base64:
-            self._run("import binascii\n_eka=binascii.a2b_base64\n", f"put {label}")
+            self._run("import binascii\n_ek.a=binascii.a2b_base64\n", f"put {label}")
         try:
             for i in range(0, len(data), step):
                 chunk = data[i: i + step]
@@ -724,15 +720,15 @@ class BoardFiles:
                     import base64
                     b64 = base64.b64encode(chunk).decode()
                     if len(b64) + 8 < len(lit):
-                        lit = f"_eka({b64!r})"
-                self._run(f"_ekf.write({lit})\n", f"put {label}")
+                        lit = f"_ek.a({b64!r})"
+                self._run(f"_ek.f.write({lit})\n", f"put {label}")
                 if progress is not None:
                     progress(min(len(data), i + step), len(data))
-            self._run("_ekf.close()\ndel _ekf\n", f"put {label}")
+            self._run("_ek.f.close()\n_ek.f=_ek.a=None\n", f"put {label}")
         except DeviceError as exc:
             why = str(exc).split("failed on the board: ", 1)[-1]
             try:
-                self._run("try:\n _ekf.close()\nexcept:\n pass\n", "close")
+                self._run("try:\n _ek.f.close()\nexcept:\n pass\n_ek.f=_ek.a=None\n", "close")
             except DeviceError:
                 pass
             if append:
@@ -812,7 +808,7 @@ class BoardFiles:
                 progress(min(total, len(out)), total)
 
         code = _SENDER.replace("{hash}", self._hash_code).replace("{args}", f"{src!r},{block}")
-        result = self.session.exec(code, on_output=on_output, timeout=60 + (total or 0) / 500)
+        result = self.session.exec(code, on_output=on_output, timeout=60 + (total or 0) / 500, scratch=True)
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
             raise FileTransferError(f"get {src} failed on the board: {why}; the file on the board is unchanged")
@@ -845,7 +841,7 @@ class BoardFiles:
 
         step = 64 if self.caps.free_ram < 16_000 else 256
         code = _LITERAL_READER.replace("{hash}", self._hash_code).replace("{args}", f"{src!r},{step}")
-        result = self.session.exec(code, on_output=on_output, timeout=60 + (total or 0) / 200)
+        result = self.session.exec(code, on_output=on_output, timeout=60 + (total or 0) / 200, scratch=True)
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
             raise FileTransferError(f"get {src} failed on the board: {why}; the file on the board is unchanged")

@@ -21,8 +21,10 @@ of RAM.
 from __future__ import annotations
 
 import ast
+import io
 import re
 import secrets
+import tokenize
 
 MARKER_LEAD = b"\x1e"
 # The marker is the lead byte and three letters that encode a 5-digit number.
@@ -38,21 +40,27 @@ NO_STDIN_SUFFIX = "X"
 # The helper's words for a cell that lost bytes on the way (checked by length before it runs).
 DAMAGED_CELL = "the cell arrived damaged"
 
+# Everything the helper binds lives in the class body (its own namespace), so installing it
+# adds `_ek` and `_ekr` to the user's globals and nothing else: no temporary names, and a user's
+# own `sys` or `input` is never rebound or deleted. Its input() goes into builtins where the
+# firmware lets builtins be overridden (a user's own global `input` then still wins); elsewhere
+# (MicroPython 1.9.2) into globals, unless the user has an `input` of their own there.
+# Reinstalled over an earlier helper, it keeps the original input() that one saved.
 HELPER_SOURCE = """\
-try:
-    _ek0 = _ek.input
-except NameError:
-    _ek0 = input
 class _ek:
+    try:
+        input = _ek.input
+    except (NameError, AttributeError):
+        input = input
     m = ''
     def k(n):
         return '\x1e%c%c%c' % (64 + n % 62, 64 + n // 62 % 62, 64 + n // 3844)
-    def run(n, s, k=-1):
+    def run(n, s, k=-1, i=0):
         m = _ek.m = _ek.k(n)
         try:
             if k >= 0 and len(s) != k:
                 raise OSError('edgekernel: the cell arrived damaged (%d of %d characters): the link drops bytes' % (len(s), k))
-            exec(s, _ek.g)
+            exec(s, {'_ek': _ek} if i else _ek.g)
         except BaseException as e:
             if isinstance(e, SystemExit):
                 print(m + 'D', end='')
@@ -77,13 +85,18 @@ class _ek:
         return r
     def done():
         print(_ek.m + 'D', end='')
-_ek.g = globals()
-_ek.input = _ek0
-del _ek0
-import sys
-_ek.sys = sys
-del sys
-input = _ek.inp
+    g = globals()
+    import sys
+    try:
+        __import__('builtins').input = inp
+    except Exception:
+        try:
+            p = _ek.inp
+        except (NameError, AttributeError):
+            p = None
+        if g.get('input', p) is p:
+            g['input'] = inp
+        del p
 _ekr = _ek.run
 """
 
@@ -119,7 +132,8 @@ def show_trailing_expression(source: str, call: str = "_ek.out") -> str:
     """Rewrite a cell so that its last statement, if an expression, reports its value.
 
     ``x = 1\\n2 + 3`` becomes ``x = 1\\n_ek.out(2 + 3)``. Text is inserted in place,
-    so line numbers stay those of the cell. Code CPython cannot parse is left
+    so line numbers stay those of the cell. As in IPython, a cell whose last token
+    (comments aside) is ``;`` shows nothing. Code CPython cannot parse is left
     alone: the board reports its own SyntaxError. `call` names the reporting
     function (the serial helper also answers to the shorter ``_ek.o``).
     """
@@ -127,10 +141,14 @@ def show_trailing_expression(source: str, call: str = "_ek.out") -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return source
-    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr) or ends_with_semicolon(source):
         return source
     node = tree.body[-1]
-    opening = call.encode() + b"("
+    # A bare tuple (``1, 2`` or ``*a, 1``) would be several arguments: it gets parentheses of its
+    # own. Anything else goes in as it is, so a plain cell costs no extra byte on the wire.
+    wrap = isinstance(node.value, ast.Tuple)
+    opening = call.encode() + (b"((" if wrap else b"(")
+    closing = b"))" if wrap else b")"
     assert node.end_lineno is not None and node.end_col_offset is not None
     # Python counts lines at \n, \r\n and \r only (str.splitlines also breaks at \f, \x1c, \u2028...).
     lines = _LINES.findall(source)
@@ -138,20 +156,39 @@ def show_trailing_expression(source: str, call: str = "_ek.out") -> str:
     first = lines[node.lineno - 1].encode()
     last = lines[node.end_lineno - 1].encode() if node.end_lineno != node.lineno else first
     if node.end_lineno == node.lineno:
-        line = first[: node.col_offset] + opening + first[node.col_offset: node.end_col_offset] + b")" + first[node.end_col_offset:]
+        line = first[: node.col_offset] + opening + first[node.col_offset: node.end_col_offset] + closing + first[node.end_col_offset:]
         lines[node.lineno - 1] = line.decode()
     else:
         lines[node.lineno - 1] = (first[: node.col_offset] + opening + first[node.col_offset:]).decode()
-        lines[node.end_lineno - 1] = (last[: node.end_col_offset] + b")" + last[node.end_col_offset:]).decode()
+        lines[node.end_lineno - 1] = (last[: node.end_col_offset] + closing + last[node.end_col_offset:]).decode()
     return "".join(lines)
 
 
-def framed_call(marker: bytes, source: str, check_length: bool = True) -> bytes:
+_NOT_CODE = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+
+
+def ends_with_semicolon(source: str) -> bool:
+    """IPython's rule for hiding a cell's value: its last token, comments aside, is ``;``
+    (one inside a string or a comment does not count)."""
+    last = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type not in _NOT_CODE:
+                last = token
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.type == tokenize.OP and last.string == ";"
+
+
+def framed_call(marker: bytes, source: str, check_length: bool = True, scratch: bool = False) -> bytes:
     """The one-line program that runs `source` inside the helper. With
     check_length (links without flow control), a cell damaged in transit is
-    refused instead of run; raw-paste's flow control makes it unnecessary."""
+    refused instead of run; raw-paste's flow control makes it unnecessary.
+    With scratch, `source` runs in a namespace of its own (only `_ek` in it), so
+    nothing it binds reaches the user's globals: edgekernel's own programs."""
     source = _short_literal_padding(source)
-    length = f",{len(source)}" if check_length else ""
+    length = f",{len(source)}" if check_length else (",-1" if scratch else "")
+    length += ",1" if scratch else ""
     # _ekr is _ek.run under a shorter name (3 bytes fewer on every cell). Not _ek() with
     # the run in __init__: constructing an instance costs C stack the micro:bit lacks.
     return f"_ekr({marker_number(marker)},{source!r}{length})".encode()

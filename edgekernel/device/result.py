@@ -138,7 +138,7 @@ class ValuesFromExec:
     """eval() and run_internal() for any session whose exec() returns an ExecResult
     (BoardSession over a byte link, MqttSession through a broker)."""
 
-    def exec(self, code: str, *, timeout: float | None = None, **options: Any) -> ExecResult:
+    def exec(self, code: str, *, timeout: float | None = None, scratch: bool = False, **options: Any) -> ExecResult:
         raise NotImplementedError
 
     def eval(self, expression: str, timeout: float = 10.0) -> Any:
@@ -147,7 +147,8 @@ class ValuesFromExec:
         The board sends repr(); the host parses it with ast.literal_eval, never
         eval, so only plain data (numbers, strings, bytes, lists, dicts...) comes back.
         """
-        # _ek.val reports the repr without touching the user's `_`.
+        # _ek.val reports the repr without touching the user's `_`. The expression runs among the
+        # user's names (it may name them) and binds none: an expression statement.
         result = self.exec(f"_ek.val((\n{expression}\n))", timeout=timeout)
         if result.error:
             raise DeviceError(f"{result.error.type}: {result.error.message}")
@@ -159,8 +160,9 @@ class ValuesFromExec:
             raise DeviceError(f"the board's value is not plain data: {result.value[:80]}") from None
 
     def run_internal(self, code: str, timeout: float = 10.0) -> str:
-        """Run helper code of our own; return its output, raise DeviceError if it failed."""
-        result = self.exec(code, timeout=timeout)
+        """Run helper code of our own in a namespace of its own (the user's globals are left
+        alone); return its output, raise DeviceError if it failed."""
+        result = self.exec(code, timeout=timeout, scratch=True)
         if result.error:
             raise DeviceError(f"{result.error.type}: {result.error.message}")
         return result.text

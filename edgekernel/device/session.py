@@ -222,7 +222,8 @@ class BoardSession(ValuesFromExec):
                 self.paced_rate = max(SLOWEST_PACED_RATE, self.paced_rate // 2)
         self._helpers = True
         if self.free_ram is None:
-            out = self._run_native(b"import gc\ngc.collect()\nprint(gc.mem_free())", deadline)
+            # Binds no name: the user's globals stay as they are.
+            out = self._run_native(b"print((lambda gc: (gc.collect(), gc.mem_free())[1])(__import__('gc')))", deadline)
             try:
                 self.free_ram = int(out.split()[-1])
             except (ValueError, IndexError):
@@ -396,25 +397,27 @@ class BoardSession(ValuesFromExec):
 
     def exec(self, code: str | bytes, *, on_output: OutputCallback | None = None,
              on_input: InputCallback | None = None, show_value: bool = False,
-             timeout: float | None = None, filename: str = "<cell>") -> ExecResult:
+             timeout: float | None = None, filename: str = "<cell>", scratch: bool = False) -> ExecResult:
         """Run `code` on the board and return what happened.
 
         on_output gets stdout bytes as the board prints them. on_input is asked
         for a line when the code calls input(); returning None makes input()
         raise on the board. show_value reports a trailing expression's repr.
         timeout is an overall limit (None: run until done or interrupted).
-        filename names the code in tracebacks.
+        filename names the code in tracebacks. scratch runs the code in a namespace of
+        its own (only ``_ek`` in it): nothing it binds reaches the user's globals, which is
+        how edgekernel runs its own programs (files, probes, completion).
         """
         if not self._lock.acquire(blocking=False):
             raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
         try:
-            return self._exec_locked(code, on_output, on_input, show_value, timeout, filename)
+            return self._exec_locked(code, on_output, on_input, show_value, timeout, filename, scratch)
         finally:
             self._lock.release()
 
     def _exec_locked(self, code: str | bytes, on_output: OutputCallback | None,
                      on_input: InputCallback | None, show_value: bool, timeout: float | None,
-                     filename: str) -> ExecResult:
+                     filename: str, scratch: bool = False) -> ExecResult:
         self._check_open()
         start = time.monotonic()
         deadline = start + timeout if timeout is not None else float("inf")
@@ -429,9 +432,12 @@ class BoardSession(ValuesFromExec):
                 if not self._at_prompt:
                     self._enter_raw_repl(setup_deadline)
                 self._install_helpers(setup_deadline)
-            framed = len(source.encode()) <= self.framed_limit
+            # edgekernel's own programs are small and always framed: streamed code would run in the
+            # user's globals.
+            framed = scratch or len(source.encode()) <= self.framed_limit
             if framed:
-                program = onboard.framed_call(marker, source, check_length=self.raw_paste is not True)
+                program = onboard.framed_call(marker, source, check_length=self.raw_paste is not True,
+                                              scratch=scratch)
             else:
                 self._run_native(onboard.set_marker_call(marker), setup_deadline)
                 program = (source + onboard.STREAM_TRAILER).encode()

@@ -17,13 +17,14 @@ _HIDDEN = ("_ek",)
 def _board_names(board: BoardSession, obj: str | None, prefix: str) -> list[str]:
     """Names on the board starting with prefix: attributes of obj, or globals + builtins."""
     if obj:
-        code = f"_ek.val([n for n in dir({obj}) if n.startswith({prefix!r})])"
+        # An expression among the user's names (it names one of them) that binds none.
+        result = board.exec(f"_ek.val([n for n in dir({obj}) if n.startswith({prefix!r})])", timeout=5)
     else:
-        # builtins may be missing on small ports: fall back to globals alone.
-        code = ("try:\n import builtins as _ekb\n _ekn = dir(_ekb)\nexcept ImportError:\n _ekn = []\n"
-                f"_ek.val([n for n in list(_ek.g) + _ekn if n.startswith({prefix!r})])\n"
-                "del _ekn\ntry:\n del _ekb\nexcept NameError:\n pass")
-    result = board.exec(code, timeout=5)
+        # In a namespace of its own (the user's globals are _ek.g); builtins may be missing on
+        # small ports: globals alone then.
+        code = ("try:\n import builtins\n b=dir(builtins)\nexcept ImportError:\n b=[]\n"
+                f"_ek.val([n for n in list(_ek.g)+b if n.startswith({prefix!r})])\n")
+        result = board.exec(code, timeout=5, scratch=True)
     if result.error or result.value is None:
         return []
     try:

@@ -267,12 +267,17 @@ class MqttSession(ValuesFromExec):
 
     def exec(self, code: str | bytes, *, on_output: OutputCallback | None = None,
              on_input: InputCallback | None = None, show_value: bool = False,
-             timeout: float | None = None, filename: str = "<cell>") -> ExecResult:
+             timeout: float | None = None, filename: str = "<cell>", scratch: bool = False) -> ExecResult:
         """Run `code` on the board; same meaning as BoardSession.exec. input() on the board raises
         (there is no way to answer it over MQTT), so on_input is never called."""
         if not self._lock.acquire(blocking=False):
             raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
         try:
+            if scratch:
+                # A namespace of its own, as the serial helper gives (any agent version runs this):
+                # `print` is the cell namespace's, which the agent may have pointed at its capture.
+                text = code.decode() if isinstance(code, bytes) else code
+                code = f"exec({text!r},{{'_ek':_ek,'print':print}})"
             return self._exec_locked(code, on_output, show_value, timeout, filename)
         finally:
             self._rid = None
