@@ -8,9 +8,11 @@ never touches wire bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import os
+import re
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +33,10 @@ from . import introspect
 from .background import BackgroundJob
 from .magics import REGISTRY as magics
 from .magics import HostError, MagicError, MagicHelp, split_leading_magics
-from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer
+from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer, human_size, output_limit_from_env
 
 PROFILE_ENV = "EDGEKERNEL_PROFILE"
+KEEP_OUTPUT_BYTES = 64 << 20  # the latest board output kept in memory for %output
 PORT_ENV = "EDGEKERNEL_PORT"
 BAUD_ENV = "EDGEKERNEL_BAUD"
 
@@ -44,6 +47,55 @@ PROFILES: dict[str, dict[str, Any]] = {
     "emulator": {"display": "MicroPython (emulated board)", "prefer_esp": False, "esp_reset_lines": False},
     "mqtt": {"display": "MicroPython (MQTT)", "prefer_esp": False, "esp_reset_lines": False},
 }
+
+def answers_always(fault_reply: Any) -> Any:
+    """Wrap a request handler (do_execute, do_complete, ...) so that it always
+    returns a reply: ipykernel logs an exception escaping a handler and sends
+    no reply at all, which leaves the front end's cell busy forever. Any
+    exception becomes `fault_reply(kernel, exc, *args)` after the traceback
+    is written to the kernel log."""
+    def wrap(handler: Any) -> Any:
+        @functools.wraps(handler)
+        async def guarded(self: "MicroPythonKernel", *args: Any, **kwargs: Any) -> dict[str, Any]:
+            try:
+                reply = handler(self, *args, **kwargs)
+                return await reply if inspect.isawaitable(reply) else reply
+            except Exception as exc:
+                self.log.error("%s failed", handler.__name__, exc_info=True)
+                return fault_reply(self, exc, *args, **kwargs)
+        return guarded
+    return wrap
+
+
+def host_fault(exc: BaseException) -> tuple[str, str]:
+    """(ename, one-line evalue) for an unexpected host-side exception."""
+    message = str(exc).strip().splitlines()
+    text = message[0] if message else "no message"
+    return type(exc).__name__, f"{text} (a fault on the host, not on the board: the kernel log has the details)"
+
+
+def _execute_fault(kernel: "MicroPythonKernel", exc: Exception, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    ename, evalue = host_fault(exc)
+    silent = bool(args[1] if len(args) > 1 else kwargs.get("silent", False))
+    return kernel._error_reply(ename, evalue, [f"{ename}: {evalue}"], kernel.shell.execution_count, silent)
+
+
+def _request_fault(kernel: "MicroPythonKernel", exc: Exception, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    ename, evalue = host_fault(exc)
+    return {"status": "error", "ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+
+
+def _is_complete_fault(kernel: "MicroPythonKernel", exc: Exception, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"status": "unknown"}
+
+
+def _shutdown_fault(kernel: "MicroPythonKernel", exc: Exception, restart: bool, *args: Any) -> dict[str, Any]:
+    return {"status": "ok", "restart": restart}   # the kernel goes down whatever failed on the way
+
+
+# `exit`/`quit` as a whole cell leave a console as they do with the python3 kernel.
+_EXIT_CELL = re.compile(r"\s*(exit|quit)\s*(\(\s*(keep_kernel\s*=\s*(?P<keep>True|False))?\s*\))?\s*;?\s*")
+
 
 class BoardHandle:
     """What `%%local` cells see as `board`: values move as data, never eval'd text.
@@ -99,11 +151,13 @@ class MicroPythonKernel(IPythonKernel):
         self.profile = PROFILES.get(self.profile_name, PROFILES["serial"])
         self.board: BoardSession | None = None
         self.emulator: Any = None  # edgekernel.emulator.BoardProcess when we started one
+        self.emulator_kind = ""
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="board")
         self._state_file, log_path = self._runtime_paths()
         self.log_path = log_path
         self._session_log = open(log_path, "ab", buffering=0)
         self.last_output = b""
+        self.output_limit = output_limit_from_env()   # characters of a cell's output sent to the page
         self._reconnect = self._read_state()
         self._reconnect_password: str | None = None  # asked after a restart; used once, never stored
         self.signatures = introspect.SignatureIndex()
@@ -177,7 +231,9 @@ class MicroPythonKernel(IPythonKernel):
             self.connect(candidates[0].device, int(os.environ.get(BAUD_ENV, "115200")))
             return
         found = ", ".join(p.device for p in candidates) or "none"
-        raise HostError("NotConnected", f"no board connected: run %serialconnect --port PATH (boards found: {found})")
+        raise HostError("NotConnected", f"no board connected: run %serialconnect --port PATH (boards found: {found}); "
+                                        "no hardware at hand? %serialconnect --emulator unix, or the "
+                                        "\"MicroPython (emulated board)\" kernel")
 
     def connect(self, port: str, baud: int, *, soft_reset: bool = False, note: str | None = None,
                 password: str | None = None, password_env: str | None = None) -> None:
@@ -197,7 +253,10 @@ class MicroPythonKernel(IPythonKernel):
         if password_env:
             state["password_env"] = password_env   # the variable's name, never the password
         where = "over WebREPL" if is_webrepl_url(port) else f"at {baud} baud"
-        self.attach_board(board, state, f"{note + ': ' if note else ''}connected to {port} {where}"
+        # An emulated board's pty changes on every start: name the board instead, so a saved
+        # notebook's output does not change from run to run (papermill, nbclient, nbconvert).
+        name = f"the emulated {self.emulator_kind} board" if self.emulator is not None else f"{port} {where}"
+        self.attach_board(board, state, f"{note + ': ' if note else ''}connected to {name}"
                                         f" ({'raw-paste' if board.raw_paste is not False else 'raw REPL'})\n")
 
     def attach_board(self, board: Any, state: dict[str, Any], message: str) -> None:
@@ -211,15 +270,18 @@ class MicroPythonKernel(IPythonKernel):
         self.say(message)
 
     def start_emulator(self, kind: str) -> None:
-        from ..emulator import start_board
+        from ..emulator import BoardError, start_board
 
         self.disconnect()
-        if self.emulator is not None:
-            self.emulator.stop()
+        self._stop_emulator()
         flash = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "edgekernel" / f"flash-{kind}"
         flash.mkdir(parents=True, exist_ok=True)
         self.say(f"starting an emulated {kind} board (files in {flash})\n")
-        self.emulator = start_board(kind, flash_dir=str(flash) if kind == "unix" else None)
+        try:
+            self.emulator = start_board(kind, flash_dir=str(flash) if kind == "unix" else None)
+        except BoardError as exc:
+            raise HostError("EmulatorUnavailable", f"cannot start the emulated {kind} board: {exc}") from None
+        self.emulator_kind = kind
         self.connect(self.emulator.port, 115200)
 
     def disconnect(self) -> None:
@@ -241,10 +303,19 @@ class MicroPythonKernel(IPythonKernel):
 
     # -- execution -------------------------------------------------------------------
 
+    @answers_always(_execute_fault)
     async def do_execute(self, code: str, silent: bool, store_history: bool = True,
                          user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False,
                          *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
         store_history = store_history and not silent  # the messaging spec: silent forces it off
+        leaving = _EXIT_CELL.fullmatch(code)
+        if leaving:
+            # IPython's exit/quit: the front end (jupyter console) asks to leave.
+            count = self.shell.execution_count
+            if store_history:
+                self.shell.execution_count += 1
+            payload = {"source": "ask_exit", "keepkernel": leaving.group("keep") == "True"}
+            return {"status": "ok", "execution_count": count, "payload": [payload], "user_expressions": {}}
         self._allow_stdin = allow_stdin   # for getpass() in magics (IPython's do_execute sets it for its cells)
         self._parent_header_for_output = None if silent else self.get_parent("shell")
         magic_lines, rest = split_leading_magics(code, magics.body_magics)
@@ -295,6 +366,14 @@ class MicroPythonKernel(IPythonKernel):
                 self.disconnect()
             name = type(exc).__name__
             return self._error_reply(name, str(exc), [f"{name}: {exc}"], count, silent)
+        except KeyboardInterrupt:
+            # Kernel -> Interrupt while a magic ran on the event loop.
+            return self._error_reply("KeyboardInterrupt", "interrupted", ["KeyboardInterrupt: interrupted"],
+                                     count, silent)
+        except Exception as exc:
+            self.log.error("host-side failure in a cell", exc_info=True)
+            ename, evalue = host_fault(exc)
+            return self._error_reply(ename, evalue, [f"{ename}: {evalue}"], count, silent)
 
     async def _run_magic_lines(self, lines: list[str], cell_body: str) -> bool:
         """Run %magic lines in order; True if a cell magic consumed the body."""
@@ -317,11 +396,26 @@ class MicroPythonKernel(IPythonKernel):
             self.session.send(self.iopub_socket, "stream", {"name": "stdout", "text": text},
                               parent=parent, ident=self._topic("stream"))
 
-        out = StreamCoalescer(send_stream)
+        tail_display = {"display_id": f"edgekernel-tail-{parent['header']['msg_id']}", "shown": False}
+
+        def show_tail(text: str) -> None:
+            # One display of the latest lines, updated in place (update_display_data).
+            msg_type = "update_display_data" if tail_display["shown"] else "display_data"
+            tail_display["shown"] = True
+            self.session.send(self.iopub_socket, msg_type,
+                              {"data": {"text/plain": text}, "metadata": {},
+                               "transient": {"display_id": tail_display["display_id"]}},
+                              parent=parent, ident=self._topic(msg_type))
+
+        out = StreamCoalescer(send_stream, limit=self.output_limit, show_tail=show_tail,
+                              where_all=f"%output --save FILE writes all of it to a file; every byte the board "
+                                        f"sent is in {self.log_path}")
         collected = bytearray()
 
         def on_output(data: bytes) -> None:
             collected.extend(data)
+            if len(collected) > 2 * KEEP_OUTPUT_BYTES:
+                del collected[:-KEEP_OUTPUT_BYTES]   # the session log keeps every byte
             if not silent:
                 out.feed(data)
 
@@ -448,13 +542,20 @@ class MicroPythonKernel(IPythonKernel):
 
     # -- completion and inspection ---------------------------------------------------------
 
-    def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
+    @answers_always(_request_fault)
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
         cursor_pos = len(code) if cursor_pos is None else cursor_pos
         return introspect.complete(self.board, code, cursor_pos)
 
-    def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
-                   omit_sections: Any = ()) -> dict[str, Any]:
+    @answers_always(_request_fault)
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
+                         omit_sections: Any = ()) -> dict[str, Any]:
         return introspect.inspect(self.board, code, cursor_pos, self.signatures)
+
+    @answers_always(_is_complete_fault)
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
+        reply = super().do_is_complete(code)
+        return await reply if inspect.isawaitable(reply) else reply
 
     # The shell channel runs one request at a time; while a board cell runs,
     # these quick requests are answered at once instead of queueing behind it.
@@ -480,19 +581,30 @@ class MicroPythonKernel(IPythonKernel):
 
     # -- shutdown -------------------------------------------------------------------------
 
+    @answers_always(_shutdown_fault)
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
-        if self.bg_job is not None and self.bg_job.running:
-            self.bg_job.stop()
-        self.bg_job = None  # shutting down: the board is released whatever the job did
+        # Every step runs whatever the one before it did: a board that fails to
+        # close must not keep the emulator running or the reply from going out.
+        steps = [self._stop_background_job, self.disconnect, self._stop_emulator, self._session_log.close]
         if not restart:
-            self._write_state(None)
-        self.disconnect()
-        if self.emulator is not None:
-            self.emulator.stop()
-            self.emulator = None
-        self._session_log.close()
+            steps.insert(0, lambda: self._write_state(None))
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                self.log.error("shutdown step %s failed", getattr(step, "__name__", step), exc_info=True)
         reply = super().do_shutdown(restart)
         return await reply if inspect.isawaitable(reply) else reply
+
+    def _stop_background_job(self) -> None:
+        job, self.bg_job = self.bg_job, None  # shutting down: the board is released whatever the job did
+        if job is not None and job.running:
+            job.stop()
+
+    def _stop_emulator(self) -> None:
+        emulator, self.emulator = self.emulator, None
+        if emulator is not None:
+            emulator.stop()
 
 
 # -- the magics themselves: thin wrappers over the kernel's methods ------------------------
@@ -555,9 +667,34 @@ def _lsmagic(kernel: MicroPythonKernel, args: Any, body: str) -> None:
     kernel.say("\n".join(magics.summary_lines()) + "\n")
 
 
-@magics.add("output", "show the last board cell's output again (kept in the session log too)")
+def _output_args(p: Any) -> None:
+    p.add_argument("--save", metavar="FILE", help="write all of the last board cell's output to a host file")
+    p.add_argument("--limit", type=int, metavar="CHARS",
+                   help="how much of a cell's output the page shows from now on (0: no limit; "
+                        "default $EDGEKERNEL_OUTPUT_LIMIT or 262144)")
+
+
+@magics.add("output", "show the last board cell's output again (its end, past the page's limit), "
+                      "--save FILE writes all of it, --limit sets the page's limit", arguments=_output_args)
 def _output(kernel: MicroPythonKernel, args: Any, body: str) -> None:
-    kernel.say(board_text(kernel.last_output) or "(the last board cell printed nothing)\n")
+    if args.limit is not None:
+        kernel.output_limit = args.limit if args.limit > 0 else None
+        kernel.say(f"a cell's output in the page is now limited to {human_size(args.limit)}\n" if args.limit > 0
+                   else "a cell's output in the page is no longer limited\n")
+        return
+    text = board_text(kernel.last_output)
+    if args.save:
+        path = Path(args.save).expanduser()
+        path.write_text(text, encoding="utf-8")
+        kernel.say(f"wrote {len(text):,} characters ({text.count(chr(10)):,} lines) to {path.resolve()}\n")
+        return
+    limit = kernel.output_limit
+    if limit is not None and len(text) > limit:
+        start = text.find("\n", len(text) - limit) + 1 or len(text) - limit
+        kernel.say(f"[its first {text.count(chr(10), 0, start):,} lines ({human_size(start)}) are not shown: "
+                   f"%output --save FILE writes all of it]\n", name="stderr")
+        text = text[start:]
+    kernel.say(text or "(the last board cell printed nothing)\n")
     kernel.say(f"[every byte the board sent is in {kernel.log_path}]\n", name="stderr")
 
 
