@@ -1,4 +1,4 @@
-"""Install the kernelspecs (kernelspecs/ in a checkout, share/edgekernel/kernelspecs once pip-installed)."""
+"""Install the kernelspecs (shipped inside the package: see edgekernel.data_files)."""
 from __future__ import annotations
 
 import json
@@ -9,18 +9,15 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
+from .data_files import kernelspecs_dir
+
 KERNEL_NAMES = ("micropython-esp8266", "micropython", "micropython-emulator", "micropython-mqtt")
 
 
-def kernelspec_sources() -> Path:
-    candidates = [
-        Path(__file__).resolve().parent.parent / "kernelspecs",          # a checkout / editable install
-        Path(sys.prefix) / "share" / "edgekernel" / "kernelspecs",       # pip install
-    ]
-    for path in candidates:
-        if (path / KERNEL_NAMES[0] / "kernel.json").exists():
-            return path
-    raise FileNotFoundError("edgekernel's kernelspecs are missing from this installation: reinstall with pip")
+def display_names() -> dict[str, str]:
+    """Kernelspec name -> the name Jupyter shows for it."""
+    source = kernelspecs_dir()
+    return {name: json.loads((source / name / "kernel.json").read_text())["display_name"] for name in KERNEL_NAMES}
 
 
 def install(user: bool = False, prefix: str | None = None) -> list[tuple[str, str]]:
@@ -29,7 +26,7 @@ def install(user: bool = False, prefix: str | None = None) -> list[tuple[str, st
     The kernel runs with the Python that ran this install, so a kernel never
     starts in an environment where edgekernel is missing.
     """
-    source = kernelspec_sources()
+    source = kernelspecs_dir()
     manager = KernelSpecManager()
     installed = []
     for name in KERNEL_NAMES:

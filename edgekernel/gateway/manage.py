@@ -18,6 +18,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_data_dir
 
+from ..data_files import kernelspecs_dir
 from ..ports import EMULATED, ESP_BRIDGES
 from .ssh import GatewayError, SSHHost
 
@@ -99,15 +100,19 @@ def any_pi_spec(registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def logo_files() -> list[Path]:
+    """The logos a gateway kernelspec shows in Jupyter: those of the MicroPython kernelspec."""
+    source = kernelspecs_dir() / "micropython"
+    return [source / name for name in ("logo-32x32.png", "logo-64x64.png")]
+
+
 def _install(name: str, spec: dict[str, Any], prefix: str | None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / name
         staged.mkdir()
         (staged / "kernel.json").write_text(json.dumps(spec, indent=1))
-        logos = Path(__file__).resolve().parent.parent.parent / "kernelspecs" / "micropython"
-        for logo in ("logo-32x32.png", "logo-64x64.png"):
-            if (logos / logo).exists():
-                shutil.copy(logos / logo, staged / logo)
+        for logo in logo_files():
+            shutil.copy(logo, staged / logo.name)
         return KernelSpecManager().install_kernel_spec(str(staged), name, user=prefix is None, prefix=prefix)
 
 

@@ -22,20 +22,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..data_files import firmware_dir
 from .session import MqttUrl, parse_mqtt_url, topics
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent.parent / "firmware"
 AGENT_FILES = ("ekagent.py", "ekmqtt.py")
 SETTINGS_FILE = "ek_settings.json"
 MAIN_MARK = "# edgekernel MQTT agent"
 MAIN_PY = f"{MAIN_MARK} (written by `edgekernel agent install`)\nimport ekagent\nekagent.main()\n"
-
-
-def firmware_dir() -> Path:
-    for path in (FIRMWARE_DIR, Path(sys.prefix) / "share" / "edgekernel" / "firmware"):
-        if (path / "ekagent.py").exists():
-            return path
-    raise FileNotFoundError("edgekernel's firmware/ekagent.py is missing from this installation: reinstall it")
 
 
 def agent_settings(url: MqttUrl, *, password: str | None = None, wifi_ssid: str | None = None,
