@@ -315,6 +315,21 @@ def _add_file_commands(sub) -> None:
     p.set_defaults(func=cmd_df)
 
 
+def _install_description() -> str:
+    from jupyter_core.paths import SYSTEM_JUPYTER_PATH
+
+    from .install import KERNEL_NAMES, display_names
+    try:
+        names = display_names()
+    except (OSError, ValueError, KeyError):  # a broken installation: `install` itself says what to do
+        names = {}
+    width = max(map(len, KERNEL_NAMES))
+    listed = "\n".join(f"  {name:<{width}}  {names.get(name, '')}".rstrip() for name in KERNEL_NAMES)
+    return (f"Install these Jupyter kernelspecs (name, then what Jupyter shows):\n{listed}\n\n"
+            "Their kernels run with this Python. Without an option they go system-wide, "
+            f"into {SYSTEM_JUPYTER_PATH[0]}/kernels.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekernel", description="MicroPython boards from the shell and Jupyter")
     parser.add_argument("--version", action="version", version=f"edgekernel {__version__}")
@@ -342,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_file_commands(sub)
 
-    p = sub.add_parser("install", help="install the Jupyter kernelspecs (MicroPython ESP8266, serial, emulated)")
+    p = sub.add_parser("install", help="install the Jupyter kernelspecs (MicroPython ESP8266, serial, emulated, MQTT)",
+                       description=_install_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="in this Python environment (venv/conda)")
@@ -373,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgekernel: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
-        print(f"edgekernel: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        print(f"edgekernel: {exc.strerror}: {exc.filename}" if exc.filename else f"edgekernel: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

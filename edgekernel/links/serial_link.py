@@ -10,6 +10,7 @@ import errno
 import grp
 import os
 import select
+import stat
 import time
 
 import serial
@@ -47,10 +48,27 @@ def _is_pty(path: str) -> bool:
     return 136 <= major <= 143  # Unix98 pty slaves
 
 
+NOT_SERIAL_HINT = "pass the board's serial port (e.g. /dev/ttyUSB0): 'edgekernel devices' lists them"
+
+
+def not_a_serial_device(port: str) -> LinkError | None:
+    """The error for a path that exists but cannot be a serial port (a file, a directory), else None."""
+    try:
+        mode = os.stat(port).st_mode
+    except OSError:
+        return None  # missing or unreadable: opening it says which
+    if stat.S_ISCHR(mode):
+        return None
+    what = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "not a device"
+    return LinkError(f"{port} is {what}, not a serial device: {NOT_SERIAL_HINT}")
+
+
 def _open_error(port: str, exc: Exception) -> LinkError:
     """Turn pyserial's open failure into one line that says what to do."""
     code = getattr(exc, "errno", None)
     text = str(exc)
+    if code == errno.ENOTTY or "Inappropriate ioctl" in text:  # a character device that is no tty (/dev/null)
+        return LinkError(f"{port} is not a serial device: {NOT_SERIAL_HINT}")
     if code == errno.ENOENT or "No such file" in text:
         return LinkError(f"no such port {port}: check the cable and run 'edgekernel devices' to list ports")
     if code == errno.EACCES or "Permission denied" in text:
@@ -80,6 +98,8 @@ class SerialLink(Link):
         # the link can hard-reset it and must not glitch those lines. URLs and
         # pseudo-terminals (emulated boards) have no modem lines.
         self._esp_reset_lines = esp_reset_lines and not self._is_url and not _is_pty(port)
+        if not self._is_url and (error := not_a_serial_device(port)) is not None:
+            raise error
         try:
             ser = serial.serial_for_url(port, do_not_open=True)
             ser.baudrate = baudrate
