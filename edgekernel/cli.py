@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from . import __version__
-from .device import BoardSession, DeviceError, ExecResult, LinkError
-from .links import is_webrepl_url
+from .device import DeviceError, ExecResult, LinkError
+from .device.board import Board, open_board
 
 PORT_ENV = "EDGEKERNEL_PORT"
 WEBREPL_PASSWORD_ENV = "WEBREPL_PASSWORD"
@@ -20,11 +20,12 @@ WEBREPL_PASSWORD_ENV = "WEBREPL_PASSWORD"
 
 def _add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", "-p", default=os.environ.get(PORT_ENV),
-                   help=f"device path, pyserial URL (socket://, rfc2217://, loop://) or WebREPL (ws://HOST:8266); default ${PORT_ENV} "
+                   help=f"device path, pyserial URL (socket://, rfc2217://, loop://), WebREPL (ws://HOST:8266) or "
+                        f"MQTT agent (mqtt://[USER@]BROKER[:PORT]/DEVICE_ID); default ${PORT_ENV} "
                         "or the first USB serial board found")
     p.add_argument("--baud", "-b", type=int, default=115200, help="baud rate (default 115200)")
     p.add_argument("--password-env", metavar="VAR",
-                   help=f"ws:// ports: the environment variable holding the WebREPL password "
+                   help=f"ws:// ports and mqtt:// users: the environment variable holding the password "
                         f"(default ${WEBREPL_PASSWORD_ENV}; without it you are asked)")
     p.add_argument("--timeout", type=float, default=None,
                    help="overall time limit in seconds (default: none; Ctrl-C interrupts the board)")
@@ -40,23 +41,25 @@ def _resolve_port(args: argparse.Namespace) -> str:
     return port
 
 
-def _webrepl_password(args: argparse.Namespace, port: str) -> str:
-    """From the environment, else a terminal prompt; never from the command line."""
-    var = getattr(args, "password_env", None) or WEBREPL_PASSWORD_ENV
-    password = os.environ.get(var)
-    if password:
-        return password
-    if getattr(args, "password_env", None):
-        raise LinkError(f"${var} is not set: export it with the board's WebREPL password")
-    if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass(f"WebREPL password for {port}: ")
-    raise LinkError(f"no WebREPL password for {port}: set ${WEBREPL_PASSWORD_ENV} (or --password-env VAR)")
+def _secret_source(args: argparse.Namespace) -> Callable[[str], str]:
+    """Passwords (WebREPL, an MQTT user's) from the environment, else a terminal prompt; never
+    from the command line."""
+    def secret(prompt: str) -> str:
+        var = getattr(args, "password_env", None) or WEBREPL_PASSWORD_ENV
+        password = os.environ.get(var)
+        if password:
+            return password
+        if getattr(args, "password_env", None):
+            raise LinkError(f"${var} is not set: export it with the board's password")
+        if sys.stdin is not None and sys.stdin.isatty():
+            return getpass.getpass(prompt)
+        raise LinkError(f"no password at hand ({prompt.rstrip(': ')}): set ${WEBREPL_PASSWORD_ENV} "
+                        "(or --password-env VAR)")
+    return secret
 
 
-def _open(args: argparse.Namespace) -> BoardSession:
-    port = _resolve_port(args)
-    options = {"password": _webrepl_password(args, port)} if is_webrepl_url(port) else {}
-    return BoardSession.open(port, args.baud, link_options=options)
+def _open(args: argparse.Namespace) -> Board:
+    return open_board(_resolve_port(args), baud=args.baud, secret=_secret_source(args))
 
 
 def _write_output(data: bytes) -> None:
@@ -71,7 +74,7 @@ def _read_line(prompt: str) -> str | None:
     return line.rstrip("\r\n") if line else None
 
 
-def _run_interruptibly(board: BoardSession, work: Callable[[], ExecResult]) -> ExecResult:
+def _run_interruptibly(board: Board, work: Callable[[], ExecResult]) -> ExecResult:
     """Run `work` in a thread so that the host's Ctrl-C interrupts the board
     instead of tearing the protocol apart mid-read."""
     box: dict[str, object] = {}
@@ -189,15 +192,15 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
-def _files(board: BoardSession):
+def _files(board: Board):
     from .device.files import BoardFiles
-    return BoardFiles(board)
+    return BoardFiles.for_board(board)
 
 
 def _via(files) -> str:
     """Which transfer path was used, on links that have a choice (WebREPL)."""
     path = files.last_path
-    return f" via {path}" if path is not None and is_webrepl_url(files.session.link.description) else ""
+    return f" via {path}" if path is not None and files.session.capabilities.file_protocol else ""
 
 
 def cmd_put(args: argparse.Namespace) -> int:

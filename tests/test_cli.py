@@ -226,14 +226,14 @@ def cli_board(monkeypatch):
     """Make the CLI open a FakeBoard whatever --port says; return the board."""
     holder: dict[str, FakeBoard] = {"board": FakeBoard()}
 
-    def fake_open(url, baudrate=115200, **kw):
+    def fake_open(url, baud=115200, **kw):
         holder["url"] = url
         s = BoardSession(holder["board"])
         s.connect(3)
         if "after_connect" in holder:
             holder["after_connect"](holder["board"])
         return s
-    monkeypatch.setattr(cli.BoardSession, "open", staticmethod(fake_open))
+    monkeypatch.setattr(cli, "open_board", fake_open)
     return holder
 
 

@@ -48,10 +48,10 @@ def error_of(run) -> str:
 CELL_FAULTS = [
     ("edgekernel.emulator:start_board", "print(1)"),                                   # emulator start
     ("edgekernel.emulator:start_board!edgekernel.emulator:BoardError", "print(1)"),    # ... a missing tool
-    ("edgekernel.kernel.kernel:MicroPythonKernel._auto_connect", "print(1)"),          # connect / reconnect
+    ("edgekernel.kernel.connection:Connection._auto_connect", "print(1)"),          # connect / reconnect
     ("edgekernel.device.session:BoardSession.open", "print(1)"),                       # opening the link
     ("edgekernel.device.session:BoardSession.exec", "print(1)"),                       # running the cell
-    ("edgekernel.kernel.kernel:MicroPythonKernel.start_emulator", "%serialconnect --emulator microbit"),
+    ("edgekernel.kernel.connection:Connection.start_emulator", "%serialconnect --emulator microbit"),
     ("edgekernel.kernel.magics:MagicParser.parse_line", "%ls"),                        # a magic
     ("ipykernel.ipkernel:IPythonKernel.do_execute", "%%local\nprint(1)"),              # %%local
     ("edgekernel.kernel.kernel:MicroPythonKernel._run_magic_lines", "%lsmagic\n%%local\nprint(1)"),

@@ -39,6 +39,7 @@ import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import DeviceError
 from .session import BoardSession
@@ -302,6 +303,11 @@ class BoardFiles:
     >>> files.get("main.py")
     b"print('hi')\\n"
     """
+
+    @classmethod
+    def for_board(cls, board: Any) -> "BoardFiles":
+        """Files of any Board: streamed transfers where a byte stream reaches it, literal ones elsewhere (MQTT)."""
+        return cls(board, mode="auto" if board.capabilities.byte_stream else "literal")
 
     def __init__(self, session: BoardSession, *, mode: str = "auto") -> None:
         """mode: 'auto' (fastest the board allows), 'stream' or 'literal' (force one REPL way),

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..links import Link, LinkClosed, open_link
 from . import onboard
+from .board import Capabilities
 from .errors import BoardBusy, BoardNotResponding, CodeTooLarge, DeviceError
 from .result import BoardException, ExecResult, InterruptReport, ValuesFromExec, parse_traceback
 
@@ -93,6 +94,22 @@ class BoardSession(ValuesFromExec):
         #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back.
         self.link_reopen_timeout = 20.0
         self.closed = False
+
+    @property
+    def description(self) -> str:
+        return self.link.description
+
+    @property
+    def summary(self) -> str:
+        """How it is connected, for the connect message: "at 115200 baud (raw-paste)"."""
+        return f"{self.link.connection_summary} ({'raw-paste' if self.raw_paste is not False else 'raw REPL'})"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        link = self.link
+        return Capabilities(raw_paste=self.raw_paste, hard_reset=link.can_hard_reset, byte_stream=True,
+                            file_protocol=hasattr(link, "write_binary") and hasattr(link, "read_binary"),
+                            interrupt="ctrl-c", reconnects=link.can_reopen)
 
     # -- opening and closing -------------------------------------------------
 

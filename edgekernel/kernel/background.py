@@ -9,14 +9,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
-from ..device import BoardSession, DeviceError, ExecResult, LinkError, board_text
+from ..device import DeviceError, ExecResult, LinkError, board_text
+from ..device.board import Board
 
 KEEP_BYTES = 1 << 20  # the latest output kept in memory (everything is in the session log)
 
 
 class BackgroundJob:
-    def __init__(self, board: BoardSession, code: str, on_done: Callable[["BackgroundJob"], None] | None = None) -> None:
+    """One %%bg cell. `submit(work)` queues it where board I/O runs (the kernel's board worker)."""
+
+    def __init__(self, board: Board, code: str, submit: Callable[[Callable[[], None]], Future[None]]) -> None:
         self.board = board
         self.code = code
         self.started = time.time()
@@ -25,9 +29,7 @@ class BackgroundJob:
         self.failure: str | None = None  # host-side failure (lost link...)
         self._output = bytearray()
         self._lock = threading.Lock()
-        self._on_done = on_done
-        self._thread = threading.Thread(target=self._run, name="board-bg", daemon=True)
-        self._thread.start()
+        self._future = submit(self._run)
 
     def _record(self, data: bytes) -> None:
         with self._lock:
@@ -42,12 +44,10 @@ class BackgroundJob:
             self.failure = str(exc)
         finally:
             self.finished = time.time()
-            if self._on_done is not None:
-                self._on_done(self)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return not self._future.done()
 
     def output_text(self, last_lines: int | None = None) -> str:
         with self._lock:
@@ -59,7 +59,10 @@ class BackgroundJob:
     def stop(self, timeout: float = 10.0) -> None:
         """Interrupt the job (the device layer's ladder) and wait for it to end."""
         self.board.interrupt()
-        self._thread.join(timeout)
+        try:
+            self._future.result(timeout)
+        except Exception:
+            pass   # its status says what happened
 
     def status(self) -> str:
         elapsed = (self.finished or time.time()) - self.started

@@ -5,18 +5,13 @@ transfers as one progress line that updates in place.
 """
 from __future__ import annotations
 
-import signal
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..device import board_text
 from ..device.files import BoardFiles
-from ..links import is_webrepl_url
 from .magics import REGISTRY as magics
 from .magics import HostError
 
@@ -34,12 +29,7 @@ class NotebookProgress:
         self.shown_at: float | None = None
 
     def _send(self, msg_type: str, text: str) -> None:
-        parent = self.kernel._parent_header_for_output
-        if parent is None:
-            return
-        content = {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": self.display_id}}
-        self.kernel.session.send(self.kernel.iopub_socket, msg_type, content, parent=parent,
-                                 ident=self.kernel._topic(msg_type))
+        self.kernel.show(text, self.display_id, update=msg_type == "update_display_data")
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -62,18 +52,9 @@ class NotebookProgress:
 
 def transfer_path(files: BoardFiles) -> str:
     """Which way the last transfer went, where there is a choice (WebREPL links)."""
-    if files.last_path is None or not is_webrepl_url(files.session.link.description):
+    if files.last_path is None or not files.session.capabilities.file_protocol:
         return ""
     return f", via {files.last_path}"
-
-
-def board_files(kernel: Any) -> BoardFiles:
-    """One BoardFiles per board session (it caches what the board can do)."""
-    board = kernel.require_board()
-    cached = getattr(kernel, "_board_files", None)
-    if cached is None or cached.session is not board:
-        cached = kernel._board_files = BoardFiles(board, mode=getattr(board, "files_mode", "auto"))
-    return cached
 
 
 def _sendtofile_args(p: Any) -> None:
@@ -87,32 +68,13 @@ def _sendtofile_args(p: Any) -> None:
 @magics.add("sendtofile", "write the rest of the cell (or --source FILE/FOLDER) to a file on the board, verified",
             takes_body=True, arguments=_sendtofile_args)
 def _sendtofile(kernel: Any, args: Any, body: str) -> None:
-    with _interruptible(kernel):
-        _send(kernel, args, body)
-
-
-@contextmanager
-def _interruptible(kernel: Any) -> Iterator[None]:
-    """Kernel -> Interrupt during a transfer becomes the board's Ctrl-C, which the put honours
-    (old file kept, board at its prompt), not a KeyboardInterrupt that strands the board mid-put."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        # The transfer runs on this thread, possibly inside the link's write lock: the Ctrl-C
-        # is written from another thread.
-        threading.Thread(target=kernel._on_sigint, args=(signum, None), daemon=True).start()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    # Kernel -> Interrupt during the put becomes the board's Ctrl-C (the kernel's one handler),
+    # which the put honours: old file kept, board at its prompt.
+    _send(kernel, args, body)
 
 
 def _send(kernel: Any, args: Any, body: str) -> None:
-    files = board_files(kernel)
+    files = kernel.connection.files()
     if args.source:
         source = Path(args.source).expanduser()
         if source.is_dir():
@@ -146,7 +108,7 @@ def _fetchfile_args(p: Any) -> None:
 @magics.add("fetchfile", "copy a file from the board (byte-exact, verified); --load puts it into the next cell",
             arguments=_fetchfile_args)
 def _fetchfile(kernel: Any, args: Any, body: str) -> None:
-    files = board_files(kernel)
+    files = kernel.connection.files()
     progress = None if args.quiet or args.load or args.print else NotebookProgress(kernel, f"fetch {args.src}")
     data = files.get(args.src, progress=progress)
     if args.load or args.print:
@@ -177,7 +139,7 @@ def _ls_args(p: Any) -> None:
 
 @magics.add("ls", "list a folder on the board", arguments=_ls_args)
 def _ls(kernel: Any, args: Any, body: str) -> None:
-    entries = board_files(kernel).ls(args.dir, long=args.long)
+    entries = kernel.connection.files().ls(args.dir, long=args.long)
     lines = []
     for e in entries:
         if args.long:
@@ -194,7 +156,7 @@ def _path_arg(p: Any) -> None:
 
 @magics.add("cat", "show a text file from the board", arguments=_path_arg)
 def _cat(kernel: Any, args: Any, body: str) -> None:
-    text = board_text(board_files(kernel).cat(args.path))
+    text = board_text(kernel.connection.files().cat(args.path))
     kernel.say(text if text.endswith("\n") or not text else text + "\n")
 
 
@@ -205,22 +167,22 @@ def _rm_args(p: Any) -> None:
 
 @magics.add("rm", "remove a file (or with -r a folder) on the board", arguments=_rm_args)
 def _rm(kernel: Any, args: Any, body: str) -> None:
-    board_files(kernel).rm(args.path, recursive=args.recursive)
+    kernel.connection.files().rm(args.path, recursive=args.recursive)
     kernel.say(f"removed {args.path}\n")
 
 
 @magics.add("mkdir", "make a folder on the board", arguments=_path_arg)
 def _mkdir(kernel: Any, args: Any, body: str) -> None:
-    board_files(kernel).mkdir(args.path)
+    kernel.connection.files().mkdir(args.path)
     kernel.say(f"made {args.path}/\n")
 
 
 @magics.add("df", "free and total flash on the board")
 def _df(kernel: Any, args: Any, body: str) -> None:
-    free, total = board_files(kernel).df()
+    free, total = kernel.connection.files().df()
     kernel.say(f"flash: {free:,} bytes free of {total:,} ({100 * free // max(total, 1)}% free)\n")
 
 
 @magics.add("meminfo", "free heap (RAM) on the board, after a garbage collection")
 def _meminfo(kernel: Any, args: Any, body: str) -> None:
-    kernel.say(f"heap: {board_files(kernel).meminfo():,} bytes free\n")
+    kernel.say(f"heap: {kernel.connection.files().meminfo():,} bytes free\n")

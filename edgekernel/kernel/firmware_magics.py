@@ -40,20 +40,19 @@ def _esptool_args(p: Any) -> None:
 @magics.add("esptool", "detect, erase or flash an ESP chip (the kernel releases the port and reconnects after)",
             arguments=_esptool_args)
 def _esptool(kernel: Any, args: Any, body: str) -> None:
-    board = kernel.board
-    if board is None:
+    connection = kernel.connection
+    if not connection.connected or connection.url is None:
         raise HostError("NotConnected", "connect first (%serialconnect --port PATH): %esptool flashes that port")
-    port = board.link.description
-    baud = getattr(getattr(board.link, "_ser", None), "baudrate", 115200)
+    port, baud = connection.url, connection.baud
     if args.action == "write" and not args.image:
         raise HostError("UsageError", "%esptool write needs the firmware image: %esptool write FIRMWARE.bin")
 
     def release() -> None:
-        kernel.disconnect()
+        connection.disconnect()
 
     def reacquire() -> None:
         try:
-            kernel.connect(port, baud, note="after esptool")
+            connection.connect(port, baud, note="after esptool")
         except Exception as exc:  # a freshly erased chip has no MicroPython to answer
             kernel.say(f"not reconnected ({exc}); run %serialconnect when the board is ready\n", name="stderr")
 

@@ -64,25 +64,27 @@ class Magic:
     parser: MagicParser
     handler: Handler
     is_cell: bool = False   # %%name: takes the rest of the cell as its body
+    host_only: bool = False  # never talks to the board: runs at once, even while the board is busy
 
 
 class MagicRegistry:
     def __init__(self) -> None:
         self.magics: dict[str, Magic] = {}
 
-    def add(self, name: str, summary: str, *, cell: bool = False, takes_body: bool = False,
+    def add(self, name: str, summary: str, *, cell: bool = False, takes_body: bool = False, host_only: bool = False,
             arguments: Callable[[MagicParser], None] | None = None) -> Callable[[Handler], Handler]:
         """Decorator registering `handler` as %name (or %%name with cell=True).
 
         takes_body: a %line magic that, as a cell's first line, takes the rest
-        of the cell as its body (like %sendtofile).
+        of the cell as its body (like %sendtofile). host_only: it never talks to
+        the board (it runs on the event loop, not the board worker).
         """
         def register(handler: Handler) -> Handler:
             parser = MagicParser(("%" if cell else "") + name, summary)
             if arguments:
                 arguments(parser)
             key = ("%" if cell else "") + name
-            self.magics[key] = Magic(name, summary, parser, handler, cell or takes_body)
+            self.magics[key] = Magic(name, summary, parser, handler, cell or takes_body, host_only)
             return handler
         return register
 

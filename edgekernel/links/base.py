@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+#: Where a link gets a secret (a WebREPL password): called with a prompt such as
+#: "WebREPL password for ws://host:8266", returns it or raises LinkError. Secrets come
+#: from the environment or a prompt, never from the URL.
+SecretSource = Callable[[str], str]
 
 
 class LinkError(Exception):
@@ -23,6 +30,15 @@ class Link(ABC):
 
     #: Human-readable name of the other end, e.g. "/dev/ttyUSB0".
     description: str = "?"
+    #: What a user calls this kind of link in messages ("serial", "WebREPL").
+    kind: str = "link"
+    #: Which magic connects such a link again (for messages after it is lost).
+    connect_hint: str = "%serialconnect"
+
+    @classmethod
+    def from_url(cls, url: str, *, baudrate: int, secret: SecretSource | None = None, **options: Any) -> "Link":
+        """Open the link that `url` names (transports in edgekernel.links.LINK_SCHEMES define it)."""
+        raise LinkError(f"{cls.__name__} cannot be opened by URL")
 
     def __init__(self) -> None:
         # Interrupts are written from another thread while a reader is busy.
@@ -60,6 +76,16 @@ class Link(ABC):
 
     def hard_reset(self) -> None:
         raise LinkError(f"{self.description}: this link cannot reset the board; press its reset button")
+
+    @property
+    def baudrate(self) -> int | None:
+        """The line's baud rate, where there is one."""
+        return None
+
+    @property
+    def connection_summary(self) -> str:
+        """How the link is connected, for the connect message ("at 115200 baud", "over WebREPL")."""
+        return f"over {self.kind}"
 
     def __enter__(self) -> "Link":
         return self

@@ -15,7 +15,9 @@ import time
 
 import serial
 
-from .base import Link, LinkClosed, LinkError
+from typing import Any
+
+from .base import Link, LinkClosed, LinkError, SecretSource
 
 DEFAULT_BAUD = 115200
 
@@ -88,6 +90,21 @@ def _open_error(port: str, exc: Exception) -> LinkError:
 
 class SerialLink(Link):
     """A board on a serial port or pyserial URL."""
+
+    kind = "serial"
+
+    @classmethod
+    def from_url(cls, url: str, *, baudrate: int = DEFAULT_BAUD, secret: SecretSource | None = None,
+                 **options: Any) -> "SerialLink":
+        return cls(url, baudrate, **options)
+
+    @property
+    def baudrate(self) -> int | None:
+        return self._ser.baudrate
+
+    @property
+    def connection_summary(self) -> str:
+        return f"at {self._ser.baudrate} baud"
 
     def __init__(self, port: str, baudrate: int = DEFAULT_BAUD, *, esp_reset_lines: bool = True,
                  write_timeout: float = 10.0) -> None:

@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from .base import Link, LinkClosed, LinkError
+from typing import Any
+
+from .base import Link, LinkClosed, LinkError, SecretSource
 
 MAX_FRAME = 4096           # far below the board's 64 KiB limit; the board reads 512 bytes at a time anyway
 LOGIN_OK = b"WebREPL connected\r\n>>> "
@@ -53,6 +55,21 @@ def normalize_url(url: str) -> str:
 
 class WebReplLink(Link):
     """A board's REPL over WebREPL. `password` comes from the caller (prompt or environment)."""
+
+    kind = "WebREPL"
+    connect_hint = "%websocketconnect"
+
+    @classmethod
+    def from_url(cls, url: str, *, baudrate: int = 0, secret: SecretSource | None = None,
+                 **options: Any) -> "WebReplLink":
+        url = normalize_url(url)
+        options.pop("esp_reset_lines", None)   # a serial option: no modem lines here
+        password = options.pop("password", None)   # a caller that holds it already (tests, benchmarks)
+        if password is None:
+            if secret is None:
+                raise WebReplError(f"{url}: a WebREPL password is needed to connect")
+            password = secret(f"WebREPL password for {url}: ")
+        return cls(url, password, **options)
 
     def __init__(self, url: str, password: str, *, timeout: float = 10.0, reconnect_timeout: float = 15.0) -> None:
         super().__init__()

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from ..device import onboard
+from ..device.board import Capabilities
 from ..device.errors import BoardBusy, BoardNotResponding, DeviceError, LinkClosed
 from ..device.result import BoardException, ExecResult, InterruptReport, ValuesFromExec, parse_traceback
 
@@ -126,8 +127,6 @@ class MqttSession(ValuesFromExec):
     '2\\n'
     """
 
-    #: BoardFiles must use its literal transfers: there is no raw byte stream to the board here.
-    files_mode = "literal"
     raw_paste = None
 
     def __init__(self, url: str | MqttUrl, *, password: str | None = None, ca_file: str | None = None,
@@ -153,6 +152,23 @@ class MqttSession(ValuesFromExec):
         self._connect_result: Any = None
         self._status_seen = threading.Event()
         self._client: mqtt.Client | None = None
+
+    @property
+    def description(self) -> str:
+        return str(self.url)
+
+    @property
+    def summary(self) -> str:
+        """How it is connected, for the connect message."""
+        if self.online is not True:
+            return f"through the broker: {self.describe_presence()}; cells wait for it up to 10 s"
+        return f"through the broker: {self.describe_presence()}"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        interrupt = (self.presence or {}).get("interrupt") or "agent"
+        return Capabilities(raw_paste=None, hard_reset=False, byte_stream=False, file_protocol=False,
+                            interrupt=str(interrupt), reconnects=True)
 
     # -- connecting ------------------------------------------------------------------
 
@@ -428,3 +444,19 @@ class MqttSession(ValuesFromExec):
 
     def hard_reset(self, timeout: float = 10.0) -> None:
         raise DeviceError("a board cannot be reset over MQTT: press its reset button, or connect by serial")
+
+
+def open_mqtt_board(url: str, *, secret: Callable[[str], str] | None = None, timeout: float = 10.0,
+                    log: Callable[[bytes], None] | None = None, ca: str | None = None,
+                    insecure: str | None = None) -> MqttSession:
+    """edgekernel.device.board.open_board's opener for mqtt:// and mqtts:// (options: ?ca=FILE&insecure=1).
+    A user named in the URL gets their password from `secret`, never from the URL."""
+    parsed = parse_mqtt_url(url)
+    password = None
+    if parsed.user is not None:
+        if secret is None:
+            raise MqttError(f"{parsed.broker}: user {parsed.user} needs a password: set it in the environment "
+                            "or connect where it can be asked")
+        password = secret(f"MQTT password for {parsed.user}@{parsed.host}: ")
+    return MqttSession.open(parsed, password=password, timeout=timeout, log=log, ca_file=ca,
+                            insecure=insecure not in (None, "", "0", "false", "no"))

@@ -1,0 +1,258 @@
+"""The kernel's board connection, owned in one place.
+
+`Connection` connects (any board URL, through edgekernel.device.board.open_board),
+connects by itself on the first board cell (a restarted kernel's last board, then
+$EDGEKERNEL_PORT, the profile's emulator or MQTT URL, then the one USB board
+found), asks for passwords, starts and stops emulated boards, and keeps the two
+files of a kernel session in Jupyter's runtime folder:
+
+- ``edgekernel-<connection file>.state.json``: what to reconnect to after a
+  restart (the URL, the baud rate, the *name* of a password variable, never a password);
+- ``edgekernel-<connection file>.log``: every byte the board sent.
+
+It knows no Jupyter messages: the kernel hands it `say` (a host message in
+the current cell) and `ask_secret` (a hidden prompt in the front end).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..boards import BoardKind
+from ..device.board import Board, open_board
+from ..device.files import BoardFiles
+from ..links import link_class, url_scheme
+from ..ports import auto_port, list_serial_ports
+from .magics import HostError
+
+PORT_ENV = "EDGEKERNEL_PORT"
+BAUD_ENV = "EDGEKERNEL_BAUD"
+#: Where a WebREPL password may also come from when no magic asked for one (EDGEKERNEL_PORT=ws://...).
+WEBREPL_PASSWORD_ENV = "WEBREPL_PASSWORD"
+MQTT_URL_ENV = "EDGEKERNEL_MQTT_URL"
+MQTT_PASSWORD_ENV_ENV = "EDGEKERNEL_MQTT_PASSWORD_ENV"
+MQTT_CA_ENV = "EDGEKERNEL_MQTT_CA"
+
+Say = Callable[..., None]
+AskSecret = Callable[[str], str]
+
+
+def default_baud() -> int:
+    return int(os.environ.get(BAUD_ENV, "115200"))
+
+
+def flash_folder(kind: str) -> Path:
+    """Where an emulated board of `kind` keeps its files (they persist across kernels)."""
+    data = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return data / "edgekernel" / f"flash-{kind}"
+
+
+class Connection:
+    """One kernel's board: connect, auto-connect, reconnect after a restart, passwords, log, state."""
+
+    def __init__(self, session_files: tuple[Path, Path], profile: BoardKind, *, say: Say,
+                 ask_secret: AskSecret) -> None:
+        self.state_file, self.log_path = session_files
+        self.profile = profile
+        self.say = say
+        self.ask_secret = ask_secret
+        self.board: Board | None = None
+        self.url: str | None = None
+        self.baud = default_baud()
+        self._files: BoardFiles | None = None
+        self.emulator: Any = None          # edgekernel.emulator.BoardProcess when we started one
+        self.emulator_kind = ""
+        self._log = open(self.log_path, "ab", buffering=0)
+        self._restore = self._read_state()   # a restarted kernel's last board, used once
+
+    # -- the session's files ---------------------------------------------------------
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) else None
+
+    def _write_state(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.state_file.unlink(missing_ok=True)
+        else:
+            self.state_file.write_text(json.dumps(state))
+
+    def log(self, data: bytes) -> None:
+        """Every byte the board sends (the session log)."""
+        if not self._log.closed:
+            self._log.write(data)
+
+    # -- connecting -----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.board is not None and not self.board.closed
+
+    def require(self) -> Board:
+        """The board, connecting first when there is none (see the module's docstring for the order)."""
+        if not self.connected:
+            self.board = None
+            self._auto_connect()
+        assert self.board is not None
+        return self.board
+
+    def _auto_connect(self) -> None:
+        state, self._restore = self._restore, None
+        if state and state.get("emulator"):
+            self.start_emulator(state["emulator"])
+            return
+        if state and state.get("url"):
+            self.connect(state["url"], state.get("baud"), password_env=state.get("password_env"),
+                         soft_reset=True, note="kernel restarted: reconnected and soft-reset the board")
+            return
+        if os.environ.get(PORT_ENV):
+            self.connect(os.environ[PORT_ENV], default_baud())
+            return
+        if self.profile.emulator:
+            self.start_emulator(self.profile.emulator)
+            return
+        if os.environ.get(MQTT_URL_ENV) and self.profile.mqtt:
+            self.connect(self._mqtt_url_from_env(), password_env=os.environ.get(MQTT_PASSWORD_ENV_ENV) or None,
+                         ask=False)
+            return
+        candidates = [p for p in list_serial_ports() if p.bridge and (p.is_esp or not self.profile.prefer_esp)]
+        if len(candidates) == 1:
+            self.connect(candidates[0].device, default_baud())
+            return
+        found = ", ".join(p.device for p in candidates) or "none"
+        raise HostError("NotConnected", f"no board connected: run %serialconnect --port PATH (boards found: {found}); "
+                                        "no hardware at hand? %serialconnect --emulator unix, or the "
+                                        "\"MicroPython (emulated board)\" kernel")
+
+    @staticmethod
+    def _mqtt_url_from_env() -> str:
+        url = os.environ[MQTT_URL_ENV]
+        ca = os.environ.get(MQTT_CA_ENV)
+        return f"{url}{'&' if '?' in url else '?'}ca={ca}" if ca else url
+
+    def auto_port(self) -> str | None:
+        """The USB board %serialconnect picks when given no port (it says which it found)."""
+        port, ports = auto_port(prefer_esp=self.profile.prefer_esp)
+        for p in ports:
+            self.say(f"  found {p.device:<14} {p.usb_id:<10} {p.board_guess or p.description}\n")
+        if port is not None:
+            self.say(f"choosing {port}\n")
+        return port
+
+    def secret_source(self, url: str, password_env: str | None, ask: bool = True) -> Callable[[str], str]:
+        """Where a password for `url` comes from: $password_env, else (WebREPL) $WEBREPL_PASSWORD,
+        else a hidden prompt in the front end. It goes to the link only: never to the state file,
+        the log or a message."""
+        def secret(prompt: str) -> str:
+            if password_env:
+                password = os.environ.get(password_env)
+                if not password:
+                    raise HostError("NoPassword", f"${password_env} is not set in the kernel's environment: "
+                                                  "set it before starting Jupyter, or leave out --password-env "
+                                                  "to be asked")
+                return password
+            if url_scheme(url) in ("ws", "wss") and os.environ.get(WEBREPL_PASSWORD_ENV):
+                return os.environ[WEBREPL_PASSWORD_ENV]
+            if not ask:
+                raise HostError("NoPassword", f"no password at hand for {url} (a typed one is not kept): connect "
+                                              "again, or name the variable that holds it with --password-env")
+            return self.ask_secret(prompt)
+        return secret
+
+    def connect(self, url: str, baud: int | None = None, *, password_env: str | None = None,
+                soft_reset: bool = False, note: str | None = None, ask: bool = True) -> Board:
+        """Connect to the board at `url` (any scheme open_board takes), replacing the current one."""
+        self.disconnect()
+        baud = baud or default_baud()
+        serial = link_class(url) is not None and getattr(link_class(url), "kind", "") == "serial"
+        link_options = {"esp_reset_lines": self.profile.esp_reset_lines} if serial and "://" not in url else {}
+        board = open_board(url, baud=baud, secret=self.secret_source(url, password_env, ask), log=self.log,
+                           link_options=link_options)
+        if soft_reset:
+            board.soft_reset()
+        self.board, self.url, self.baud = board, url, baud
+        state: dict[str, Any] = {"url": url, "baud": baud}
+        if password_env:
+            state["password_env"] = password_env   # the variable's name, never the password
+        if self.emulator is not None:
+            state = {"emulator": self.emulator_kind}   # its pty changes: a restart starts a new one
+        self._write_state(state)
+        # An emulated board's pty changes on every start: name the board instead, so a saved
+        # notebook's output does not change from run to run (papermill, nbclient, nbconvert).
+        where = f"the emulated {self.emulator_kind} board" if self.emulator is not None else board.description
+        self.say(f"{note + ': ' if note else ''}connected to {where} {board.summary}\n")
+        return board
+
+    def start_emulator(self, kind: str) -> Board:
+        from ..emulator import BoardError, start_board
+
+        self.disconnect()
+        self.stop_emulator()
+        flash = flash_folder(kind)
+        flash.mkdir(parents=True, exist_ok=True)
+        self.say(f"starting an emulated {kind} board (files in {flash})\n")
+        try:
+            self.emulator = start_board(kind, flash_dir=str(flash) if kind == "unix" else None)
+        except BoardError as exc:
+            raise HostError("EmulatorUnavailable", f"cannot start the emulated {kind} board: {exc}") from None
+        self.emulator_kind = kind
+        return self.connect(self.emulator.port, 115200)
+
+    def files(self) -> BoardFiles:
+        """The files of the board (one BoardFiles per connection: it learns what the board can do)."""
+        board = self.require()
+        if self._files is None or self._files.session is not board:
+            self._files = BoardFiles.for_board(board)
+        return self._files
+
+    def hard_reset(self) -> None:
+        """The chip's reset: the emulator's reset button, or the link's DTR/RTS."""
+        board = self.require()
+        if self.emulator is not None:
+            self.emulator.hard_reset()
+            self.connect(self.emulator.port, 115200, note="hard reset (emulated reset button)")
+            return
+        board.hard_reset()
+        self.say("hard reset done\n")
+
+    def disconnect(self, *, forget: bool = False) -> str | None:
+        """Close the board (left in its friendly REPL); forget: a restart does not reconnect. Its description."""
+        board, self.board = self.board, None
+        if forget:
+            self._write_state(None)
+            self._restore = None
+        if board is None:
+            return None
+        try:
+            board.close()
+        except Exception:
+            pass
+        return board.description
+
+    def reconnect_hint(self) -> str:
+        """The magic that connects this board again, for the message after its link is lost."""
+        if self.emulator is not None:
+            return f"%serialconnect --emulator {self.emulator_kind}"
+        cls = link_class(self.url or "")
+        return cls.connect_hint if cls is not None else "%mqttconnect"
+
+    def stop_emulator(self) -> None:
+        emulator, self.emulator = self.emulator, None
+        if emulator is not None:
+            emulator.stop()
+
+    def close(self, *, restart: bool) -> None:
+        """At shutdown: a restart keeps the state file so the new kernel reconnects."""
+        try:
+            self.disconnect(forget=not restart)
+        finally:
+            try:
+                self.stop_emulator()
+            finally:
+                self._log.close()
