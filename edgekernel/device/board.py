@@ -86,6 +86,10 @@ class Board(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> "Board": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 #: URL scheme -> "module:function(url, *, secret, timeout, log, **options) -> Board" for boards
 #: that are not a byte link with a REPL; imported on first use.

@@ -262,7 +262,7 @@ def add_agent_command(sub: Any) -> None:
 
 
 def cmd_agent_install(args: argparse.Namespace) -> int:
-    from ..device import BoardSession
+    from ..device.board import open_board
     from ..ports import auto_port
 
     broker = args.broker.rstrip("/")
@@ -288,7 +288,7 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
         print("edgekernel: no board found: plug one in or pass --port PATH", file=sys.stderr)
         return 2
     settings = agent_settings(url, password=password, wifi_ssid=args.wifi_ssid, wifi_password=wifi_password)
-    with BoardSession.open(port, args.baud) as board:
+    with open_board(port, baud=args.baud) as board:
         for note in install_agent(board, settings, main=not args.no_main, force_main=args.force_main,
                                   compile=not args.no_mpy):
             print(note)
