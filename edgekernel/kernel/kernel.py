@@ -32,6 +32,7 @@ from . import connect_magics, file_magics, firmware_magics, session_magics  # no
 from . import introspect
 from .background import BackgroundJob
 from .connection import Connection
+from .ipykernel_adapter import current_request, iopub_topic, let_ipython_read_stdin, shell_is_busy
 from .magics import REGISTRY as magics
 from .magics import HostError, MagicError, MagicHelp, split_leading_magics
 from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer, output_limit_from_env
@@ -189,7 +190,7 @@ class MicroPythonKernel(IPythonKernel):
         parent = self._request[1]
         if parent is not None:
             self.session.send(self.iopub_socket, "stream", {"name": name, "text": text},
-                              parent=parent, ident=self._topic("stream"))
+                              parent=parent, ident=iopub_topic(self, "stream"))
 
     def show(self, text: str, display_id: str, *, update: bool = False) -> None:
         """A text display in the current cell that later calls update in place (progress, latest lines)."""
@@ -198,7 +199,7 @@ class MicroPythonKernel(IPythonKernel):
             msg_type = "update_display_data" if update else "display_data"
             self.session.send(self.iopub_socket, msg_type,
                               {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": display_id}},
-                              parent=parent, ident=self._topic(msg_type))
+                              parent=parent, ident=iopub_topic(self, msg_type))
 
     def ask_secret(self, prompt: str) -> str:
         """A hidden prompt in the front end (a password); HostError where it cannot ask."""
@@ -259,9 +260,9 @@ class MicroPythonKernel(IPythonKernel):
                 self.shell.execution_count += 1
             payload = {"source": "ask_exit", "keepkernel": leaving.group("keep") == "True"}
             return {"status": "ok", "execution_count": count, "payload": [payload], "user_expressions": {}}
-        self._allow_stdin = allow_stdin   # IPython's own getpass() in %%local cells reads it
-        self._request = (self._get_shell_context_var(self._shell_parent_ident),
-                         None if silent else self.get_parent("shell"), allow_stdin)
+        let_ipython_read_stdin(self, allow_stdin)
+        ident, parent = current_request(self)
+        self._request = (ident, None if silent else parent, allow_stdin)
         magic_lines, rest = split_leading_magics(code, magics.body_magics)
         if magic_lines and magic_lines[-1].split()[0] == "%%local":
             # Host IPython cell: counts, history and errors as IPython does them.
@@ -339,11 +340,11 @@ class MicroPythonKernel(IPythonKernel):
     async def _execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         self.check_board_free()
-        ident, parent = self._get_shell_context_var(self._shell_parent_ident), self.get_parent("shell")
+        ident, parent = current_request(self)
 
         def send_stream(text: str) -> None:
             self.session.send(self.iopub_socket, "stream", {"name": "stdout", "text": text},
-                              parent=parent, ident=self._topic("stream"))
+                              parent=parent, ident=iopub_topic(self, "stream"))
 
         tail_display = {"display_id": f"edgekernel-tail-{parent['header']['msg_id']}", "shown": False}
 
@@ -401,7 +402,7 @@ class MicroPythonKernel(IPythonKernel):
         if result.value is not None and not silent:
             self.session.send(self.iopub_socket, "execute_result",
                               {"execution_count": count, "data": {"text/plain": result.value}, "metadata": {}},
-                              parent=parent, ident=self._topic("execute_result"))
+                              parent=parent, ident=iopub_topic(self, "execute_result"))
         return {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
 
     def _board_error_reply(self, result: ExecResult, code: str, count: int, silent: bool) -> dict[str, Any]:
@@ -428,7 +429,7 @@ class MicroPythonKernel(IPythonKernel):
         content = {"ename": ename, "evalue": evalue, "traceback": traceback}
         if not silent:
             self.session.send(self.iopub_socket, "error", content, parent=self.get_parent("shell"),
-                              ident=self._topic("error"))
+                              ident=iopub_topic(self, "error"))
         return {"status": "error", "execution_count": count, **content}
 
     # Kernel -> Interrupt arrives as SIGINT (interrupt_mode "signal", or ipykernel
@@ -499,16 +500,14 @@ class MicroPythonKernel(IPythonKernel):
     _ANSWER_WHILE_BUSY = {"kernel_info_request", "complete_request", "inspect_request", "is_complete_request"}
 
     async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
-        lock = getattr(self, "_main_asyncio_lock", None)
-        if subshell_id is None and lock is not None and lock.locked() and self.session is not None:
+        if subshell_id is None and shell_is_busy(self) and self.session is not None:
             try:
                 _, frames = self.session.feed_identities(msg, copy=False)
                 msg_type = self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
             except Exception:
                 msg_type = None
             if msg_type in self._ANSWER_WHILE_BUSY:
-                shell_parent = self.get_parent("shell")
-                shell_ident = self._get_shell_context_var(self._shell_parent_ident)
+                shell_ident, shell_parent = current_request(self)
                 try:
                     await self.dispatch_shell(msg, subshell_id=None)
                 finally:
