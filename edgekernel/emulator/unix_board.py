@@ -29,6 +29,10 @@ the unix port differs from a board (all measured with MicroPython 1.29 from jonn
   ``sandbox``: user + mount namespace, ``pivot_root`` into DIR) where ``/`` is DIR, so no path, absolute
   or with ``..``, reaches other host files; ``MICROPYPATH=:.frozen:/lib`` (a board's ``sys.path``). The
   board's host names resolve only as numeric addresses (there is no /etc in there).
+* **Ctrl-C from inside.** ``\\x03`` the board writes to its own stdin (``sys.stdin.buffer.write(b"\\x03")``)
+  is handled as a Ctrl-C arriving on the line (SIGINT if the handler is installed, as above). Code on
+  the board has no other way to interrupt itself here: the sandbox has no ``/proc`` and no shell to
+  ``kill -INT`` with (the MQTT agent's reader thread uses it to stop a running cell).
 * **Hard reset** (:meth:`UnixBoard.hard_reset`): kill, print ROM-like garbage (an ESP8266's ROM talks
   at 74880 baud, which reads as noise at 115200), then boot like a power-on: boot.py, main.py,
   banner, ``>>> ``. Unread input is lost, like RAM.
@@ -240,6 +244,7 @@ class UnixBoard:
     async def start(self, timeout: float = 20) -> None:
         self._loop = asyncio.get_running_loop()
         os.makedirs(self.flash_dir, exist_ok=True)
+        self._loop.add_reader(self._in_m, self._on_written_to_stdin)
         self._spawn(run_main=True)
         try:
             await asyncio.wait_for(self._prompt.wait(), timeout)
@@ -303,6 +308,8 @@ class UnixBoard:
         self._close_process_fds()
         if self._in_writing:
             self._loop.remove_writer(self._in_m)
+        if self._loop is not None and self._in_m >= 0:
+            self._loop.remove_reader(self._in_m)
         for fd in (self._in_m, self._in_s):
             os.close(fd)
         self._in_m = self._in_s = -1
@@ -562,6 +569,17 @@ class UnixBoard:
         self._flush_in()
 
     # -- Ctrl-C ---------------------------------------------------------------------------------
+    def _on_written_to_stdin(self) -> None:
+        """The board wrote to its own stdin: a Ctrl-C there interrupts it as one on the line would
+        (see "Ctrl-C from inside" in the module docstring); anything else is dropped."""
+        try:
+            data = os.read(self._in_m, 4096)
+        except (BlockingIOError, OSError):  # OSError: EIO while no process has the slave open
+            return
+        _trace("self-written", data)
+        for _ in range(data.count(b"\x03")):
+            self.rx(b"\x03")
+
     def _ctrl_c(self) -> None:
         now = time.monotonic()
         if self._busy and now - self._last_sigint < INTERRUPT_MERGE_S:
