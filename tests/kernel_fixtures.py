@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -181,8 +180,15 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelEnv]:
 
 # -- boards ----------------------------------------------------------------------------------
 
-def qemu_available() -> bool:
-    return shutil.which("qemu-system-arm") is not None
+def microbit_missing() -> str | None:
+    """Why the emulated micro:bit cannot run here, naming the packages to install; None if it can."""
+    from edgekernel.emulator import EmulatorNotInstalled, check_installed
+
+    try:
+        check_installed("microbit")
+    except EmulatorNotInstalled as exc:
+        return str(exc)
+    return None
 
 
 class Boards:
@@ -193,8 +199,8 @@ class Boards:
         self.pids: set[int] = set()
 
     def start(self, kind: str = "unix", **options: Any) -> Any:
-        if kind == "microbit" and not qemu_available():
-            pytest.skip("qemu-system-arm is not installed")
+        if kind == "microbit" and (missing := microbit_missing()) is not None:
+            pytest.skip(missing)
         from edgekernel.emulator import start_board
 
         board = start_board(kind, **options)
