@@ -76,18 +76,30 @@ def is_static_executable(path: str) -> bool:
     return all(struct.unpack_from(order + "I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
 
 
+def _sysctl(name: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{name.replace('.', '/')}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _advice(err: int) -> str:
-    if err == errno.ENOSPC:
-        return "user namespaces are disabled here (sysctl user.max_user_namespaces is 0 or used up): " \
-               "raise it, e.g. sysctl -w user.max_user_namespaces=10000, or run as root"
-    if err in (errno.EPERM, errno.EACCES):
-        return "this system does not let ordinary users create user namespaces " \
-               "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0 " \
-               "on Ubuntu), or run as root"
+    """Why this system refuses namespaces, and the setting that allows them (read from /proc/sys)."""
+    if _sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1" and os.geteuid() != 0:
+        return ("Ubuntu's AppArmor keeps ordinary users out of user namespaces: "
+                "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run as root")
+    if _sysctl("kernel.unprivileged_userns_clone") == "0" and os.geteuid() != 0:
+        return "unprivileged user namespaces are off: sudo sysctl -w kernel.unprivileged_userns_clone=1, or run as root"
+    if err == errno.ENOSPC or _sysctl("user.max_user_namespaces") == "0":
+        return ("user namespaces are disabled or used up (sysctl user.max_user_namespaces): "
+                "sudo sysctl -w user.max_user_namespaces=10000, or run as root")
     if err == errno.EINVAL:
-        return "this kernel lacks user or mount namespaces (CONFIG_USER_NS, CONFIG_NAMESPACES): run on a " \
-               "Linux with them"
-    return "run as root or enable unprivileged user namespaces"
+        return "this kernel lacks user or mount namespaces (CONFIG_USER_NS): run on a Linux with them"
+    if os.geteuid() == 0:
+        return ("a container that forbids namespaces (seccomp or missing CAP_SYS_ADMIN): "
+                "e.g. docker run --cap-add SYS_ADMIN --security-opt seccomp=unconfined ...")
+    return "enable unprivileged user namespaces, or run as root"
 
 
 class _Libc:
