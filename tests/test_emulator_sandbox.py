@@ -259,6 +259,15 @@ def test_killing_the_board_process_kills_the_sandboxed_micropython():
     assert not alive(board.pid)
 
 
+def test_board_sees_none_of_the_hosts_environment(monkeypatch):
+    monkeypatch.setenv("EDGEKERNEL_TEST_SECRET", "hunter2")
+    with start_board("unix") as board:
+        out = raw_exec(board.port, "import os, sys\n"
+                       "print([os.getenv(n) for n in ('EDGEKERNEL_TEST_SECRET', 'HOME', 'PATH', 'USER')])\n"
+                       "print(sys.path)")
+    assert out.split("\n")[:2] == ["[None, None, None, None]", "['', '.frozen', '/lib']"]
+
+
 def test_ctrl_c_written_to_its_own_stdin_interrupts_the_board():
     """With no /proc and no shell in the sandbox, this is how code on the board (the MQTT agent's
     reader thread) interrupts the code running in its main thread."""

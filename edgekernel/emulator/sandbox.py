@@ -12,7 +12,8 @@ MicroPython starts:
 3. it bind-mounts the flash folder onto itself, ``pivot_root``\\ s into it and detaches the old root:
    ``/``, ``..`` from ``/``, and every absolute or relative path now name files in the flash folder,
    and no path leads back to the host's files (there is no /proc, /dev or /bin/sh in there either);
-4. it runs MicroPython with the flash folder as ``/`` and working directory.
+4. it runs MicroPython with the flash folder as ``/`` and working directory, and no environment
+   variables but ``MICROPYPATH`` (a board has none; the host's may hold secrets).
 
 The process is not forked: the PID its parent recorded is the one that runs MicroPython, so killing it
 kills the board, and nothing is left behind. Where no isolation is possible it exits with status
@@ -33,6 +34,7 @@ import sys
 
 REFUSED = 121  # exit status: the sandbox could not be set up (the message is on stderr)
 MESSAGE_PREFIX = "edgekernel sandbox: "
+BOARD_ENVIRONMENT = ("MICROPYPATH",)  # the only host environment variables MicroPython gets
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -209,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     except SandboxError as e:
         print(f"{MESSAGE_PREFIX}{e}", file=sys.stderr, flush=True)
         return REFUSED
+    # A board has no environment: the host's (tokens, passwords, paths) stays out, except what
+    # MicroPython itself reads.
+    board_env = {name: os.environ[name] for name in BOARD_ENVIRONMENT if name in os.environ}
+    os.environ.clear()  # also the C environment, which run_main's getenv reads
+    os.environ.update(board_env)
     if opts.wheel:
         return run_main(["micropython"] + args)
-    os.execve(exe_fd, ["micropython"] + args, os.environ)  # fexecve: the file is no longer reachable by name
+    os.execve(exe_fd, ["micropython"] + args, board_env)  # fexecve: the file is no longer reachable by name
     return 1
 
 
