@@ -169,8 +169,11 @@ def confine(root: str) -> None:
         libc.call("detaching the old root", libc.lib.umount2(b".", _MNT_DETACH))
         os.chdir("/")
     except OSError as e:
+        # EPERM here: a user namespace without the power to mount (Ubuntu's AppArmor restriction).
+        fix = (_advice(e.errno) if e.errno in (errno.EPERM, errno.EACCES)
+               else "this system's mounts do not allow it: run the board on a host or VM with a normal root mount")
         raise SandboxError(f"cannot isolate the emulated board from this computer's files "
-                           f"({e.strerror or e}): {_advice(e.errno or 0)}") from None
+                           f"({e.strerror or e}): {fix}") from None
     if not with_user_ns:
         _drop_capabilities(libc, last_cap)
 
