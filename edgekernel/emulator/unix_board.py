@@ -56,6 +56,7 @@ Not covered (the protocol engine must cope): the unix port prints bare ``\\n`` w
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import importlib.util
 import os
@@ -165,6 +166,19 @@ def _sigint_caught(pid: int) -> bool:
             if line.startswith(b"SigCgt:"):
                 return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
     return False
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sigint_main_thread(pid: int) -> None:
+    """SIGINT to the main thread itself (its TID is the PID). Sent to the process, the signal waits
+    while it is stopped and goes to whichever thread runs first after SIGCONT; MicroPython raises
+    KeyboardInterrupt in the thread that handles it, so another thread (the MQTT agent's reader)
+    could take the interrupt meant for the code running in the main thread."""
+    if _libc.tgkill(pid, pid, signal.SIGINT) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))  # ESRCH: ProcessLookupError
 
 
 def _wait_stopped(pid: int, timeout: float = 0.05) -> bool:
@@ -628,7 +642,7 @@ class UnixBoard:
             if _wait_stopped(pid):
                 caught = _sigint_caught(pid)
                 if caught:
-                    os.kill(pid, signal.SIGINT)
+                    _sigint_main_thread(pid)
         except (ProcessLookupError, FileNotFoundError):
             return False
         finally:
@@ -636,6 +650,7 @@ class UnixBoard:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+        _trace("sigint" if caught else "no-sigint-handler", b"")
         if caught:
             self._started, self._since_submit = True, None
             self._last_sigint = time.monotonic()
