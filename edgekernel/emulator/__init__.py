@@ -7,7 +7,8 @@ pulling the cable. Any serial tool can open :attr:`BoardProcess.port`::
     with start_board("unix", baud=115200) as board:
         serial.Serial(board.port, 115200)   # or: mpremote connect <board.port> ...
 
-Kinds: ``unix`` (MicroPython's unix port, wrapped to act like a board: see ``unix_board``) and
+Kinds: ``unix`` (MicroPython's unix port, wrapped to act like a board: see ``unix_board``; its flash
+folder is its whole filesystem, as on a board: see ``sandbox``) and
 ``microbit`` (QEMU + Debian's micro:bit firmware: see ``microbit``). ``baud``/``latency_ms`` put the
 link simulator in front (``linksim``); ``rx_buffer`` models a small board's receive buffer.
 """

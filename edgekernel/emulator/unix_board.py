@@ -122,7 +122,11 @@ def missing_micropython_message(system: str | None = None, machine: str | None =
 
 def micropython_command() -> list[str]:
     """The command that starts the unix port inside the board's sandbox (see ``sandbox``); the caller
-    adds ``--root FLASH -- ARGS``. Raises EmulatorNotInstalled (one line: what to install)."""
+    adds ``--root FLASH -- ARGS``. Raises EmulatorNotInstalled (one line: what to install), or
+    SandboxUnavailable off Linux."""
+    if sys.platform != "linux":
+        raise SandboxUnavailable("the emulated unix board runs MicroPython isolated in Linux namespaces: "
+                                 "run it on Linux (or in a Linux VM or container), or connect a real board")
     if importlib.util.find_spec("micropython_run") is not None:
         return [sys.executable, SANDBOX, "--wheel"]
     exe = shutil.which("micropython")
