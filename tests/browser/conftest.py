@@ -67,6 +67,21 @@ def notebook_server(no_leftover_processes: None,
 
 
 @pytest.fixture
+def lab(lab_server: JupyterServer) -> Iterator[JupyterServer]:
+    """The module's JupyterLab server; the test's kernels are shut down (and checked gone) after it,
+    so a module's kernels and boards do not pile up on a 2-core machine."""
+    yield lab_server
+    lab_server.shut_down_kernels()
+
+
+@pytest.fixture
+def notebook7(notebook_server: JupyterServer) -> Iterator[JupyterServer]:
+    """The module's Notebook 7 server; the test's kernels are shut down (and checked gone) after it."""
+    yield notebook_server
+    notebook_server.shut_down_kernels()
+
+
+@pytest.fixture
 def page(browser: Browser, screenshot_dir: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh browser context (no stored state) and page for one test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -110,7 +125,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         except Exception as exc:  # a crashed page: say so instead of hiding the test's own failure
             saved.append(f"{path}: no screenshot ({exc})")
     report.sections.append(("browser screenshots", "\n".join(saved)))
-    for fixture in ("lab_server", "notebook_server"):
+    for fixture in ("lab", "notebook7"):
         server = item.funcargs.get(fixture)
         if server is not None:
             report.sections.append((f"end of the jupyter {server.app} log ({server.log_path})",

@@ -137,9 +137,12 @@ class JupyterServer:
         items = [k if v == "" else f"{k}={v}" for k, v in query.items()] + [f"token={self.token}"]
         return f"{self.base}{path}?{'&'.join(items)}"
 
-    def api(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.base}{path}?token={self.token}", timeout=10) as reply:
-            return json.loads(reply.read())
+    def api(self, path: str, method: str = "GET") -> Any:
+        request = urllib.request.Request(f"{self.base}{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            body = reply.read()
+        return json.loads(body) if body else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -161,6 +164,17 @@ class JupyterServer:
 
     def kernels(self) -> list[dict[str, Any]]:
         return self.api("/api/kernels")
+
+    def shut_down_kernels(self) -> None:
+        """Shut every kernel down through the REST API (as the Running panel does) and check that
+        everything the server started is gone: the kernels and the emulated boards they started."""
+        started = descendants(self.process.pid)
+        for kernel in self.kernels():
+            self.api(f"/api/kernels/{kernel['id']}", method="DELETE")
+        left = wait_gone(started, timeout=20)
+        if left:
+            kill_leftovers(left)
+            raise AssertionError(f"processes left after the server shut its kernels down: {describe(left)}")
 
     def write_notebook(self, name: str, cells: list[str], kernel_name: str = EMULATED_KERNEL,
                        display_name: str = EMULATED) -> Path:
@@ -244,6 +258,18 @@ class NotebookPage:
 
     def editor_text(self, index: int) -> str:
         return self.cell(index).locator(".cm-content").inner_text()
+
+    def cell_sources(self) -> list[str]:
+        """Every cell's source as the notebook model holds it (markdown cells rendered or not)."""
+        return self.cells.evaluate_all(
+            "cells => cells.map(c => { const e = c.querySelector('.cm-content');"
+            " return e ? Array.from(e.querySelectorAll('.cm-line')).map(l => l.textContent).join('\\n') : ''; })")
+
+    def select(self, index: int) -> None:
+        """Make a cell the active one, in command mode (a click on its prompt area, then Escape)."""
+        self.prompt(index).click()
+        self.page.keyboard.press("Escape")
+        expect(self.cell(index)).to_have_class(re.compile(r"\bjp-mod-active\b"))
 
     # waiting
     def wait_kernel_ready(self, replies_before: int, guard_ms: int = PAGE_GUARD_MS) -> None:

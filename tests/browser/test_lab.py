@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from jupyter_pages import EMULATED, JupyterServer, NotebookPage
+from jupyter_pages import EMULATED, REPO, JupyterServer, NotebookPage
 
 # Every kernel the Launcher must show, with its logo.
 EDGEKERNEL_KERNELS = ("MicroPython (emulated board)", "MicroPython (serial)", "MicroPython ESP8266",
@@ -37,9 +38,9 @@ def start_notebook(nb: NotebookPage, server: JupyterServer, workspace: str, kern
     nb.wait_kernel_ready(replies)
 
 
-def test_launcher_shows_every_edgekernel_kernel_with_its_logo(page: Page, lab_server: JupyterServer,
+def test_launcher_shows_every_edgekernel_kernel_with_its_logo(page: Page, lab: JupyterServer,
                                                              notebook_page: NotebookPage):
-    open_launcher(page, lab_server, "launcher")
+    open_launcher(page, lab, "launcher")
     for title in EDGEKERNEL_KERNELS:
         for category in ("Notebook", "Console"):
             tile = page.locator(f'.jp-LauncherCard[data-category="{category}"][title="{title}"]')
@@ -51,9 +52,9 @@ def test_launcher_shows_every_edgekernel_kernel_with_its_logo(page: Page, lab_se
     notebook_page.screenshot("launcher")
 
 
-def test_output_values_tracebacks_and_input(notebook_page: NotebookPage, lab_server: JupyterServer):
+def test_output_values_tracebacks_and_input(notebook_page: NotebookPage, lab: JupyterServer):
     nb = notebook_page
-    start_notebook(nb, lab_server, "basics")
+    start_notebook(nb, lab, "basics")
 
     printed = nb.run_new_cell("print(1)")
     # The first board cell also says which board the kernel started and connected to.
@@ -88,9 +89,9 @@ def test_output_values_tracebacks_and_input(notebook_page: NotebookPage, lab_ser
     nb.screenshot("basics")
 
 
-def test_stop_a_busy_loop_and_a_print_flood(notebook_page: NotebookPage, lab_server: JupyterServer):
+def test_stop_a_busy_loop_and_a_print_flood(notebook_page: NotebookPage, lab: JupyterServer):
     nb = notebook_page
-    start_notebook(nb, lab_server, "stop")
+    start_notebook(nb, lab, "stop")
 
     # The toolbar's Stop button on a board that is busy computing.
     busy = nb.run_new_cell("print('looping')\nwhile True:\n    pass", wait=False)
@@ -115,9 +116,9 @@ def test_stop_a_busy_loop_and_a_print_flood(notebook_page: NotebookPage, lab_ser
     expect(nb.output(after_flood)).to_have_text("still responsive 42")
 
 
-def test_completion_files_and_a_local_plot(notebook_page: NotebookPage, lab_server: JupyterServer):
+def test_completion_files_and_a_local_plot(notebook_page: NotebookPage, lab: JupyterServer):
     nb = notebook_page
-    start_notebook(nb, lab_server, "tools")
+    start_notebook(nb, lab, "tools")
 
     nb.run_new_cell("class Foo:\n    bar = 1")
     # Tab in a new cell completes from the board's namespace: the only match is inserted at once,
@@ -147,9 +148,9 @@ def test_completion_files_and_a_local_plot(notebook_page: NotebookPage, lab_serv
 
 
 def test_restart_from_the_kernel_menu_gives_a_clean_board(notebook_page: NotebookPage,
-                                                          lab_server: JupyterServer):
+                                                          lab: JupyterServer):
     nb = notebook_page
-    start_notebook(nb, lab_server, "restart")
+    start_notebook(nb, lab, "restart")
     nb.run_new_cell("left_over = 'from before the restart'\nprint(left_over)")
 
     replies = nb.kernel_info_replies
@@ -164,3 +165,65 @@ def test_restart_from_the_kernel_menu_gives_a_clean_board(notebook_page: Noteboo
     # The restarted kernel soft-resets the same board: the cell runs, and nothing from before is left.
     assert nb.output_text(after).splitlines()[-1] == "after restart False"
     nb.screenshot("restarted")
+
+
+def snapshot_live_views(nb: NotebookPage, table: int, plot: int) -> tuple[str, str, bytes, bytes]:
+    """What the page shows of the live table and plot: their DOM (the table's HTML, the image's
+    data) and pictures of both output areas. The pictures are taken first, so any DOM change after
+    this snapshot is a newer view than both pictures."""
+    image = nb.output(plot).locator("img")
+    expect(image).to_have_count(1)
+    pictures = nb.output(table).screenshot(), nb.output(plot).screenshot()
+    return (nb.output(table).locator("table").first.inner_html(), image.get_attribute("src") or "", *pictures)
+
+
+def test_telemetry_notebook_updates_its_plot_and_table_live(notebook_page: NotebookPage, lab: JupyterServer):
+    """examples/telemetry.ipynb on the Python 3 kernel: an MQTT broker and an emulated board running
+    firmware/sensor_demo.py publish readings; the table and the plot change in the page while
+    the board publishes, and the clean-up cell stops everything."""
+    nb = notebook_page
+    shutil.copy(REPO / "examples" / "telemetry.ipynb", lab.notebooks / "telemetry.ipynb")
+    replies = nb.kernel_info_replies
+    nb.page.goto(lab.url("/lab/workspaces/telemetry/tree/telemetry.ipynb", reset=""))
+    expect(nb.panel).to_be_visible(timeout=90_000)
+    nb.wait_kernel_ready(replies)
+
+    sources = nb.cell_sources()
+    table = next(i for i, s in enumerate(sources) if s.startswith("%mqtt table"))
+    plot = next(i for i, s in enumerate(sources) if s.startswith("%mqtt plot"))
+    last = len(sources) - 1
+
+    # Run the notebook up to the plot (select the cell after it, Run → Run All Above Selected Cell) ...
+    nb.select(plot + 1)
+    nb.menu("Run", "notebook:run-all-above")
+    nb.wait_done(plot, guard_ms=120_000)
+    expect(nb.output(table).locator("table")).to_contain_text("edgekernel/demo/telemetry/env")
+    first = snapshot_live_views(nb, table, plot)
+    nb.screenshot("telemetry-first")
+
+    # ... and watch: the board keeps publishing, so both views must change in place.
+    changed = nb.page.wait_for_function(
+        """([table, plot, html, src]) => {
+             const cells = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell');
+             const t = cells[table].querySelector('.jp-OutputArea table');
+             const i = cells[plot].querySelectorAll('.jp-OutputArea img');
+             return t && i.length === 1 && t.innerHTML !== html && i[0].getAttribute('src') !== src;
+           }""", arg=[table, plot, first[0], first[1]], timeout=60_000)
+    assert changed
+    second = snapshot_live_views(nb, table, plot)
+    nb.screenshot("telemetry-later")
+    assert second[2] != first[2], "the table's picture did not change while the board published"
+    assert second[3] != first[3], "the plot's picture did not change while the board published"
+    # Still one table and one image: updated in place, not appended.
+    expect(nb.output(table).locator("table")).to_have_count(1)
+    expect(nb.output(plot).locator("img")).to_have_count(1)
+
+    # The rest of the notebook (devices, describe, record, clean-up) runs without an error
+    # (Run → Run Selected Cell and All Below, the selection is still after the plot).
+    nb.menu("Run", "notebook:run-all-below")
+    nb.wait_done(last, guard_ms=120_000)
+    assert nb.panel.locator('.jp-OutputArea [data-mime-type="application/vnd.jupyter.stderr"]').count() == 0, \
+        nb.panel.locator(".jp-Notebook").inner_text()
+    cleanup = next(i for i, s in enumerate(nb.cell_sources()) if s.startswith("%mqtt stop"))
+    expect(nb.output(cleanup)).to_contain_text("stopped readings:")
+    nb.screenshot("telemetry-done")
