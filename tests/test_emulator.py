@@ -238,6 +238,37 @@ def test_ctrl_c_aborts_raw_paste_upload(port):
     assert port.exec_raw("print(2)") == (b"2\n", b"")
 
 
+def test_ctrl_c_interrupts_the_main_thread_while_another_thread_runs(port):
+    """MicroPython raises KeyboardInterrupt in whichever thread handles SIGINT: the emulator must
+    aim it at the main thread, as a board's UART Ctrl-C hits the code the REPL runs."""
+    port.enter_raw()
+    port.write(b"import _thread, time\n"
+               b"stray = []\n"
+               b"def spin():\n"
+               b"    while not stray or stray[0] != 'stop':\n"
+               b"        try:\n"
+               b"            time.sleep_ms(1)\n"
+               b"        except KeyboardInterrupt:\n"
+               b"            stray.append('thread')\n"
+               b"_thread.start_new_thread(spin, ())\n"
+               b"for i in range(8):\n"
+               b"    print('loop', i)\n"
+               b"    try:\n"
+               b"        while True:\n"
+               b"            pass\n"
+               b"    except KeyboardInterrupt:\n"
+               b"        print('main', i)\n"
+               b"print('stray', stray)\n"
+               b"stray.insert(0, 'stop')\n"
+               b"\x04")
+    for i in range(8):
+        port.read_until(f"loop {i}\n".encode())
+        time.sleep(0.15)  # past the 100 ms in which a second Ctrl-C is merged into the first
+        port.write(b"\x03")
+        port.read_until(f"main {i}\n".encode())
+    assert port.read_until(b"\x04>") == b"stray []\n\x04\x04>"
+
+
 def test_flash_dir_is_the_boards_root_and_cwd(board, port):
     with open(os.path.join(board.flash_dir, "data.txt"), "w") as f:
         f.write("hello")

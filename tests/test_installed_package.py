@@ -189,11 +189,17 @@ def cli_board(venv: Venv):
     finally:
         pids = {proc.pid} | descendants(proc.pid)
         proc.terminate()
-        proc.wait(timeout=30)
-        left = wait_gone(pids)
-        if left:
-            kill_leftovers(left)
-            raise AssertionError(f"edgekernel board left processes: {describe(left)}")
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("edgekernel board did not end on SIGTERM") from None
+        finally:
+            left = wait_gone(pids)
+            if left:
+                kill_leftovers(left)
+                raise AssertionError(f"edgekernel board left processes: {describe(left)}")
 
 
 def test_cli_exec_and_agent_install_on_an_emulated_board(venv: Venv, cli_board: str):

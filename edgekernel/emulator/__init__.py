@@ -7,7 +7,8 @@ pulling the cable. Any serial tool can open :attr:`BoardProcess.port`::
     with start_board("unix", baud=115200) as board:
         serial.Serial(board.port, 115200)   # or: mpremote connect <board.port> ...
 
-Kinds: ``unix`` (MicroPython's unix port, wrapped to act like a board: see ``unix_board``) and
+Kinds: ``unix`` (MicroPython's unix port, wrapped to act like a board: see ``unix_board``; its flash
+folder is its whole filesystem, as on a board: see ``sandbox``) and
 ``microbit`` (QEMU + Debian's micro:bit firmware: see ``microbit``). ``baud``/``latency_ms`` put the
 link simulator in front (``linksim``); ``rx_buffer`` models a small board's receive buffer.
 """
@@ -57,7 +58,8 @@ def error_from_report(report: dict) -> BoardError:
 
 
 def check_installed(kind: str) -> None:
-    """Raise :class:`EmulatorNotInstalled` (one line: what to install) if board ``kind`` cannot run here."""
+    """Raise :class:`EmulatorNotInstalled` (one line: what to install) if board ``kind`` cannot run
+    here, or :class:`SandboxUnavailable` for a unix board off Linux."""
     if kind == "unix":
         from .unix_board import micropython_command
         micropython_command()
@@ -266,14 +268,13 @@ def start_board(kind: str = "unix", *, baud: int | None = None, latency_ms: floa
         if not chunk:
             break
         line += chunk
-    report = json.loads(line) if line.endswith(b"\n") else {}
-    if "error" in report or not report:
+    report = json.loads(line) if line.endswith(b"\n") else None
+    if report is None or "error" in report:
         board = BoardProcess(proc, {"port": "", "kind": kind}, tmp_dirs=tmp_dirs, log_path=log_path)
-        if report:
-            board.kill()
-            raise error_from_report(report)
         reason = board.log().strip().splitlines()
         board.kill()
+        if report is not None:  # the board process said why, with the error's type
+            raise error_from_report(report)
         if reason:
             raise BoardError(reason[-1].removeprefix("edgekernel board: "))
         raise BoardError(f"{kind} board did not start within {timeout:g} s")

@@ -28,8 +28,6 @@ from . import BoardError, EmulatorNotInstalled, exit_with_parent_preexec
 
 FIRMWARE = "/usr/share/firmware-microbit-micropython/firmware.hex"
 QEMU = "qemu-system-arm"
-
-
 INSTALL = "apt-get install --no-install-recommends qemu-system-arm firmware-microbit-micropython"
 
 

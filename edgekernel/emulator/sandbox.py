@@ -12,7 +12,8 @@ MicroPython starts:
 3. it bind-mounts the flash folder onto itself, ``pivot_root``\\ s into it and detaches the old root:
    ``/``, ``..`` from ``/``, and every absolute or relative path now name files in the flash folder,
    and no path leads back to the host's files (there is no /proc, /dev or /bin/sh in there either);
-4. it runs MicroPython with the flash folder as ``/`` and working directory.
+4. it runs MicroPython with the flash folder as ``/`` and working directory, and no environment
+   variables but ``MICROPYPATH`` (a board has none; the host's may hold secrets).
 
 The process is not forked: the PID its parent recorded is the one that runs MicroPython, so killing it
 kills the board, and nothing is left behind. Where no isolation is possible it exits with status
@@ -33,6 +34,7 @@ import sys
 
 REFUSED = 121  # exit status: the sandbox could not be set up (the message is on stderr)
 MESSAGE_PREFIX = "edgekernel sandbox: "
+BOARD_ENVIRONMENT = ("MICROPYPATH",)  # the only host environment variables MicroPython gets
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -76,18 +78,30 @@ def is_static_executable(path: str) -> bool:
     return all(struct.unpack_from(order + "I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
 
 
+def _sysctl(name: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{name.replace('.', '/')}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _advice(err: int) -> str:
-    if err == errno.ENOSPC:
-        return "user namespaces are disabled here (sysctl user.max_user_namespaces is 0 or used up): " \
-               "raise it, e.g. sysctl -w user.max_user_namespaces=10000, or run as root"
-    if err in (errno.EPERM, errno.EACCES):
-        return "this system does not let ordinary users create user namespaces " \
-               "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0 " \
-               "on Ubuntu), or run as root"
+    """Why this system refuses namespaces, and the setting that allows them (read from /proc/sys)."""
+    if _sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1" and os.geteuid() != 0:
+        return ("Ubuntu's AppArmor keeps ordinary users out of user namespaces: "
+                "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run as root")
+    if _sysctl("kernel.unprivileged_userns_clone") == "0" and os.geteuid() != 0:
+        return "unprivileged user namespaces are off: sudo sysctl -w kernel.unprivileged_userns_clone=1, or run as root"
+    if err == errno.ENOSPC or _sysctl("user.max_user_namespaces") == "0":
+        return ("user namespaces are disabled or used up (sysctl user.max_user_namespaces): "
+                "sudo sysctl -w user.max_user_namespaces=10000, or run as root")
     if err == errno.EINVAL:
-        return "this kernel lacks user or mount namespaces (CONFIG_USER_NS, CONFIG_NAMESPACES): run on a " \
-               "Linux with them"
-    return "run as root or enable unprivileged user namespaces"
+        return "this kernel lacks user or mount namespaces (CONFIG_USER_NS): run on a Linux with them"
+    if os.geteuid() == 0:
+        return ("a container that forbids namespaces (seccomp or missing CAP_SYS_ADMIN): "
+                "e.g. docker run --cap-add SYS_ADMIN --security-opt seccomp=unconfined ...")
+    return "enable unprivileged user namespaces, or run as root"
 
 
 class _Libc:
@@ -155,8 +169,11 @@ def confine(root: str) -> None:
         libc.call("detaching the old root", libc.lib.umount2(b".", _MNT_DETACH))
         os.chdir("/")
     except OSError as e:
+        # EPERM here: a user namespace without the power to mount (Ubuntu's AppArmor restriction).
+        fix = (_advice(e.errno) if e.errno in (errno.EPERM, errno.EACCES)
+               else "this system's mounts do not allow it: run the board on a host or VM with a normal root mount")
         raise SandboxError(f"cannot isolate the emulated board from this computer's files "
-                           f"({e.strerror or e}): {_advice(e.errno or 0)}") from None
+                           f"({e.strerror or e}): {fix}") from None
     if not with_user_ns:
         _drop_capabilities(libc, last_cap)
 
@@ -197,9 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     except SandboxError as e:
         print(f"{MESSAGE_PREFIX}{e}", file=sys.stderr, flush=True)
         return REFUSED
+    # A board has no environment: the host's (tokens, passwords, paths) stays out, except what
+    # MicroPython itself reads.
+    board_env = {name: os.environ[name] for name in BOARD_ENVIRONMENT if name in os.environ}
+    os.environ.clear()  # also the C environment, which run_main's getenv reads
+    os.environ.update(board_env)
     if opts.wheel:
         return run_main(["micropython"] + args)
-    os.execve(exe_fd, ["micropython"] + args, os.environ)  # fexecve: the file is no longer reachable by name
+    os.execve(exe_fd, ["micropython"] + args, board_env)  # fexecve: the file is no longer reachable by name
     return 1
 
 

@@ -29,6 +29,10 @@ the unix port differs from a board (all measured with MicroPython 1.29 from jonn
   ``sandbox``: user + mount namespace, ``pivot_root`` into DIR) where ``/`` is DIR, so no path, absolute
   or with ``..``, reaches other host files; ``MICROPYPATH=:.frozen:/lib`` (a board's ``sys.path``). The
   board's host names resolve only as numeric addresses (there is no /etc in there).
+* **Ctrl-C from inside.** ``\\x03`` the board writes to its own stdin (``sys.stdin.buffer.write(b"\\x03")``)
+  is handled as a Ctrl-C arriving on the line (SIGINT if the handler is installed, as above). Code on
+  the board has no other way to interrupt itself here: the sandbox has no ``/proc`` and no shell to
+  ``kill -INT`` with (the MQTT agent's reader thread uses it to stop a running cell).
 * **Hard reset** (:meth:`UnixBoard.hard_reset`): kill, print ROM-like garbage (an ESP8266's ROM talks
   at 74880 baud, which reads as noise at 115200), then boot like a power-on: boot.py, main.py,
   banner, ``>>> ``. Unread input is lost, like RAM.
@@ -52,6 +56,7 @@ Not covered (the protocol engine must cope): the unix port prints bare ``\\n`` w
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import importlib.util
 import os
@@ -117,7 +122,11 @@ def missing_micropython_message(system: str | None = None, machine: str | None =
 
 def micropython_command() -> list[str]:
     """The command that starts the unix port inside the board's sandbox (see ``sandbox``); the caller
-    adds ``--root FLASH -- ARGS``. Raises EmulatorNotInstalled (one line: what to install)."""
+    adds ``--root FLASH -- ARGS``. Raises EmulatorNotInstalled (one line: what to install), or
+    SandboxUnavailable off Linux."""
+    if sys.platform != "linux":
+        raise SandboxUnavailable("the emulated unix board runs MicroPython isolated in Linux namespaces: "
+                                 "run it on Linux (or in a Linux VM or container), or connect a real board")
     if importlib.util.find_spec("micropython_run") is not None:
         return [sys.executable, SANDBOX, "--wheel"]
     exe = shutil.which("micropython")
@@ -161,6 +170,19 @@ def _sigint_caught(pid: int) -> bool:
             if line.startswith(b"SigCgt:"):
                 return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
     return False
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sigint_main_thread(pid: int) -> None:
+    """SIGINT to the main thread itself (its TID is the PID). Sent to the process, the signal waits
+    while it is stopped and goes to whichever thread runs first after SIGCONT; MicroPython raises
+    KeyboardInterrupt in the thread that handles it, so another thread (the MQTT agent's reader)
+    could take the interrupt meant for the code running in the main thread."""
+    if _libc.tgkill(pid, pid, signal.SIGINT) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))  # ESRCH: ProcessLookupError
 
 
 def _wait_stopped(pid: int, timeout: float = 0.05) -> bool:
@@ -240,6 +262,7 @@ class UnixBoard:
     async def start(self, timeout: float = 20) -> None:
         self._loop = asyncio.get_running_loop()
         os.makedirs(self.flash_dir, exist_ok=True)
+        self._loop.add_reader(self._in_m, self._on_written_to_stdin)
         self._spawn(run_main=True)
         try:
             await asyncio.wait_for(self._prompt.wait(), timeout)
@@ -303,6 +326,8 @@ class UnixBoard:
         self._close_process_fds()
         if self._in_writing:
             self._loop.remove_writer(self._in_m)
+        if self._loop is not None and self._in_m >= 0:
+            self._loop.remove_reader(self._in_m)
         for fd in (self._in_m, self._in_s):
             os.close(fd)
         self._in_m = self._in_s = -1
@@ -562,6 +587,17 @@ class UnixBoard:
         self._flush_in()
 
     # -- Ctrl-C ---------------------------------------------------------------------------------
+    def _on_written_to_stdin(self) -> None:
+        """The board wrote to its own stdin: a Ctrl-C there interrupts it as one on the line would
+        (see "Ctrl-C from inside" in the module docstring); anything else is dropped."""
+        try:
+            data = os.read(self._in_m, 4096)
+        except (BlockingIOError, OSError):  # OSError: EIO while no process has the slave open
+            return
+        _trace("self-written", data)
+        for _ in range(data.count(b"\x03")):
+            self.rx(b"\x03")
+
     def _ctrl_c(self) -> None:
         now = time.monotonic()
         if self._busy and now - self._last_sigint < INTERRUPT_MERGE_S:
@@ -610,7 +646,7 @@ class UnixBoard:
             if _wait_stopped(pid):
                 caught = _sigint_caught(pid)
                 if caught:
-                    os.kill(pid, signal.SIGINT)
+                    _sigint_main_thread(pid)
         except (ProcessLookupError, FileNotFoundError):
             return False
         finally:
@@ -618,6 +654,7 @@ class UnixBoard:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+        _trace("sigint" if caught else "no-sigint-handler", b"")
         if caught:
             self._started, self._since_submit = True, None
             self._last_sigint = time.monotonic()
