@@ -140,7 +140,10 @@ class Agent:
         self.kill_at = None      # unix: when a SIGINT was asked for (not yet seen)
         self.client = None
         self.dupterm = hasattr(os, "dupterm") and hasattr(os, "dupterm_notify")
-        self.threaded = not self.dupterm and _thread is not None and self._has_proc()
+        # unix port: a reader thread; SIGINT via kill (with /proc), or a Ctrl-C written to stdin on
+        # the emulated board, whose sandbox has neither /proc nor a shell.
+        self.threaded = not self.dupterm and _thread is not None and sys.platform == "linux"
+        self.pid = self._own_pid()
         self.lock = _thread.allocate_lock() if _thread else None
         self.ready = None
         self.reader_id = None
@@ -151,12 +154,11 @@ class Agent:
         self.alive = False
         self.new_namespace()
 
-    def _has_proc(self):
+    def _own_pid(self):
         try:
-            self.pid = _pid()
-            return True
+            return _pid()
         except OSError:
-            return False
+            return None
 
     def new_namespace(self):
         g = {"__name__": "__main__"}
@@ -352,6 +354,11 @@ class Agent:
             os.dupterm_notify(None)
 
     def sigint(self):
+        if self.pid is None:
+            # The emulated board (edgekernel.emulator.unix_board) takes a Ctrl-C written to its own
+            # stdin as one from the serial line, and sends SIGINT only while the handler is installed.
+            sys.stdin.buffer.write(b"\x03")
+            return
         # SIGINT only while MicroPython's handler is installed (the default action would kill us).
         # system() ignores SIGINT in its caller while it runs, so the kill comes a moment later.
         with open("/proc/self/status") as f:

@@ -373,7 +373,7 @@ def test_mpremote_interop(target, free_port):
         pytest.skip(f"{target.name}: the interop check runs on the emulated unix board")
     mpremote = shutil.which("mpremote")
     if mpremote is None:
-        pytest.skip("mpremote is not installed")
+        pytest.skip("mpremote is not installed (pip install mpremote)")
     r = subprocess.run([mpremote, "connect", free_port, "exec", "print(1)"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"

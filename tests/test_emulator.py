@@ -463,7 +463,7 @@ def test_rx_buffer_drops_while_busy():
 # -- micro:bit ---------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
-                    reason="qemu-system-arm not installed (apt-get install qemu-system-arm)")
+                    reason="qemu-system-arm not installed (apt-get install --no-install-recommends qemu-system-arm firmware-microbit-micropython)")
 def test_microbit_answers():
     with start_board("microbit") as b:  # start_board's own timeout guards a hang at boot
         p = Port(b.port)
@@ -489,7 +489,7 @@ def test_microbit_answers():
 
 # -- tools -------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("mpremote") is None, reason="mpremote not installed")
+@pytest.mark.skipif(shutil.which("mpremote") is None, reason="mpremote not installed (pip install mpremote)")
 def test_mpremote_exec(board):
     r = subprocess.run(["mpremote", "connect", board.port, "exec", "print(1)"],
                        capture_output=True, timeout=30)

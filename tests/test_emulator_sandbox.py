@@ -259,6 +259,28 @@ def test_killing_the_board_process_kills_the_sandboxed_micropython():
     assert not alive(board.pid)
 
 
+def test_a_board_whose_sandbox_cannot_come_back_after_a_reset_stops(tmp_path):
+    """Its flash folder deleted under it, the board cannot be confined again at its next reset: the
+    board process ends with the reason (like a pulled cable) instead of restarting in a loop."""
+    import time
+    from kernel_fixtures import alive
+
+    flash = tmp_path / "flash"
+    board = start_board("unix", flash_dir=str(flash))
+    try:
+        inner = board.board_pids()
+        shutil.rmtree(flash)
+        board.hard_reset()
+        deadline = time.monotonic() + 10  # a hang guard only
+        while board.alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not board.alive
+        assert f"the board's flash folder {flash} is gone: start the board again" in board.log()
+        assert not os.path.exists(board.port) and not any(alive(pid) for pid in inner)
+    finally:
+        board.kill()
+
+
 def test_board_sees_none_of_the_hosts_environment(monkeypatch):
     monkeypatch.setenv("EDGEKERNEL_TEST_SECRET", "hunter2")
     with start_board("unix") as board:

@@ -208,7 +208,7 @@ def test_wrong_credentials_and_no_secret_in_argv_or_logs(tmp_path):
     from edgekernel.mqtt.broker import mosquitto_path, start_mosquitto
 
     if mosquitto_path() is None:
-        pytest.skip("mosquitto is not installed")
+        pytest.skip("mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
     secret = "s3cret-Pw-91"
     with start_mosquitto(users={"alice": secret}) as broker:
         url = f"mqtt://alice@127.0.0.1:{broker.port}/dev-s"

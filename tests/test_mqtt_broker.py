@@ -41,7 +41,7 @@ def test_broker_relays_a_message(fixture, request):
 def test_mosquitto_with_passwords_refuses_a_wrong_one(mosquitto):
     from edgekernel.mqtt.broker import mosquitto_path
     if mosquitto_path() is None:
-        pytest.skip("mosquitto is not installed")
+        pytest.skip("mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
     with start_mosquitto(users={"lab": "s3cret-pw"}) as broker:
         assert round_trip(broker.host, broker.port, user="lab", password="s3cret-pw") == b"hello"
         refused: list[object] = []

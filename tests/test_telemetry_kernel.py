@@ -147,7 +147,7 @@ def test_views_update_in_place_and_nothing_leaks_into_other_cells(kernel, mosqui
     assert outputs(msgs) == []
 
 
-@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
 def test_the_password_prompt_goes_through_the_front_end_and_is_never_shown(kernel):
     with start_mosquitto(users={"lab": SECRET}) as broker:
         url = f"mqtt://lab@127.0.0.1:{broker.port}"

@@ -269,7 +269,7 @@ def test_errors_are_one_line_and_say_what_to_do(ip, mosquitto, monkeypatch):
     ip.run_line_magic("mqtt", "stop dup")
 
 
-@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed")
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
 def test_credentials_work_and_are_never_shown(ip, capsys, monkeypatch):
     with start_mosquitto(users={"lab": SECRET}) as broker:
         monkeypatch.setenv("EK_TEST_PW", SECRET)

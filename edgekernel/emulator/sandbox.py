@@ -131,6 +131,8 @@ def confine(root: str) -> None:
                            "namespaces: run it on Linux (or in a Linux VM or container)")
     libc = _Libc()
     root = os.path.realpath(root)
+    if not os.path.isdir(root):
+        raise SandboxError(f"the board's flash folder {root} is gone: start the board again")
     uid, gid = os.geteuid(), os.getegid()
     pivot_nr = _SYS_PIVOT_ROOT.get(platform.machine())
     if pivot_nr is None:

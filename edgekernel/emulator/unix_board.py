@@ -249,9 +249,12 @@ class UnixBoard:
         self._since_submit: bytearray | None = None  # raw REPL output since code was submitted
         self._prompt = asyncio.Event()
         self._boot_log = bytearray()  # output before the first prompt, for start-up errors
+        self._last_words = b""
         self._failure: str | None = None
         self._failure_type: type[BoardError] = BoardError
         self._exited = asyncio.Event()
+        self.died = asyncio.Event()  # set if the board cannot come back after a reset (cli ends then)
+        self.death_reason = ""
         self.stats = {"dropped": 0, "sigint": 0, "restarts": 0}
 
     # -- public ---------------------------------------------------------------------------------
@@ -350,10 +353,11 @@ class UnixBoard:
             # to enter a user namespace, and it is not forked: self._proc.pid runs MicroPython).
             self._proc = subprocess.Popen(
                 self._cmd + ["--root", self.flash_dir, "--"] + args, stdin=self._in_s, stdout=w, stderr=w,
-                cwd=self.flash_dir, env=env, start_new_session=True, close_fds=True)
+                env=env, start_new_session=True, close_fds=True)
         finally:
             os.close(w)
         os.set_blocking(r, False)
+        self._last_words = b""  # this process's latest output, for its exit (see _on_exit)
         self._out_r = r
         self._out_reading = False
         self._busy = True
@@ -395,10 +399,19 @@ class UnixBoard:
                     break
                 if not data:
                     break
+                self._last_words = (self._last_words + data)[-1024:]
                 if not self._hard_reset and self._phase != "stopped":
                     self._handle_output(data)
         self._close_process_fds()
         self._exited.set()
+        refusal = self._last_words.decode(errors="replace").strip().rpartition("\n")[2]
+        if self._proc.returncode == REFUSED and refusal.startswith(MESSAGE_PREFIX) and self._prompt.is_set():
+            # The sandbox could not be set up again at a reset (user namespaces used up, say): stop
+            # here rather than restart in a loop; the board process ends, like a pulled cable.
+            self.death_reason = refusal.removeprefix(MESSAGE_PREFIX)
+            self._phase = "stopped"
+            self.died.set()
+            return
         if not self._prompt.is_set():  # it never came up: a start-up error, not a soft reset
             last = self._boot_log.decode(errors="replace").strip().splitlines()
             if self._proc.returncode == REFUSED and last and last[-1].startswith(MESSAGE_PREFIX):
@@ -455,6 +468,7 @@ class UnixBoard:
             os.close(self._out_r)
             self._out_r = -1
             return
+        self._last_words = (self._last_words + data)[-1024:]
         self._handle_output(data)
 
     def _handle_output(self, data: bytes) -> None:

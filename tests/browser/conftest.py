@@ -11,12 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from jupyter_pages import JupyterServer, NotebookPage, chromium_executable
 from kernel_fixtures import no_leftover_processes  # noqa: F401 (a fixture the servers depend on)
 
 SCREENSHOTS_ENV = "EDGEKERNEL_SCREENSHOTS"
+# Hang guards for Playwright's waits (not speed checks): the page of a loaded 2-core machine running
+# kernels, boards and a browser may take seconds to show what it will show.
+ACTION_GUARD_MS = 30_000
+EXPECT_GUARD_MS = 20_000
+expect.set_options(timeout=EXPECT_GUARD_MS)
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +90,10 @@ def notebook7(notebook_server: JupyterServer) -> Iterator[JupyterServer]:
 def page(browser: Browser, screenshot_dir: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh browser context (no stored state) and page for one test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(ACTION_GUARD_MS)
     page = context.new_page()
-    # Read by pytest_runtest_makereport when the test fails.
-    request.node.browser_pages = [page]
+    # Read by pytest_runtest_makereport when the test fails (every page of the context: tabs too).
+    request.node.browser_context = context
     request.node.browser_screenshot_dir = screenshot_dir
     try:
         yield page
@@ -112,9 +118,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = outcome.get_result()
     if not report.failed or report.when == "teardown":
         return
-    pages = getattr(item, "browser_pages", [])
-    if not pages:
+    context = getattr(item, "browser_context", None)
+    if context is None:
         return
+    pages = context.pages
     folder: Path = item.browser_screenshot_dir
     saved = []
     for n, page in enumerate(pages):

@@ -19,6 +19,10 @@ from jupyter_pages import EMULATED, REPO, JupyterServer, NotebookPage
 EDGEKERNEL_KERNELS = ("MicroPython (emulated board)", "MicroPython (serial)", "MicroPython ESP8266",
                       "MicroPython (MQTT)")
 
+# What the page says about a flood's output past the cell's limit (edgekernel/kernel/output.py).
+HELD_BACK = re.compile(r"held back")
+NOT_SHOWN = re.compile(r"not shown here")
+
 # The first test also waits for the server and JupyterLab's first page load on a loaded machine.
 pytestmark = pytest.mark.timeout(240)
 
@@ -103,14 +107,24 @@ def test_stop_a_busy_loop_and_a_print_flood(notebook_page: NotebookPage, lab: Ju
     after_busy = nb.run_new_cell("print('next cell runs')")
     expect(nb.output(after_busy)).to_have_text("next cell runs")
 
-    # Kernel → Interrupt Kernel on a board flooding the page with output.
+    # Kernel → Interrupt Kernel on a board flooding the page with output, once the flood has gone
+    # past what the page is given of one cell (the kernel then holds the rest back and says so).
     flood = nb.run_new_cell("while True:\n    print('x' * 60)", wait=False)
     expect(nb.output(flood)).to_contain_text("x" * 60, timeout=60_000)
+    expect(nb.output(flood)).to_contain_text(HELD_BACK, timeout=120_000)
     nb.screenshot("flood-running")
     nb.menu("Kernel", "kernelmenu:interrupt")
     nb.wait_done(flood)
-    expect(nb.output(flood)).to_contain_text("KeyboardInterrupt")
+    stopped = nb.output(flood).get_by_text("KeyboardInterrupt")
+    expect(stopped).to_be_visible()
+    stopped.scroll_into_view_if_needed()
     nb.screenshot("flood-stopped")
+    # The page says what it left out, and nothing was dropped by the server's IOPub rate limit.
+    note = nb.output(flood).get_by_text(NOT_SHOWN)
+    expect(note).to_be_visible()
+    note.scroll_into_view_if_needed()
+    nb.screenshot("flood-note")
+    expect(nb.panel).not_to_contain_text("IOPub data rate exceeded")
     # The page still answers: a new cell can be typed, runs, and shows its output.
     after_flood = nb.run_new_cell("print('still responsive', 6 * 7)")
     expect(nb.output(after_flood)).to_have_text("still responsive 42")
