@@ -18,12 +18,15 @@ import argparse
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from ..data_files import firmware_dir
-from .session import MqttUrl, parse_mqtt_url, topics
+from .client import MqttUrl, parse_mqtt_url, status_topic, wait_presence
+
+__all__ = ["agent_settings", "agent_files", "install_agent", "wait_presence", "AgentBoard", "start_agent_board",
+           "write_agent_to_flash", "register_board_extension", "add_agent_command", "cmd_agent_install",
+           "firmware_dir", "MqttUrl", "parse_mqtt_url"]
 
 AGENT_FILES = ("ekagent.py", "ekmqtt.py")
 SETTINGS_FILE = "ek_settings.json"
@@ -110,40 +113,6 @@ def _compiled(board: Any, contents: dict[str, bytes]) -> tuple[dict[str, bytes],
 
 
 # -- emulated boards running the agent ---------------------------------------------------------
-
-def wait_presence(url: MqttUrl, state: str, *, password: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
-    """Wait until the board's retained status says `state` ("online"/"offline"); return it."""
-    import paho.mqtt.client as mqtt
-
-    seen = threading.Event()
-    box: dict[str, Any] = {}
-
-    def on_message(client: Any, userdata: Any, message: Any) -> None:
-        try:
-            status = json.loads(message.payload)
-        except ValueError:
-            return
-        if isinstance(status, dict) and status.get("state") == state:
-            box.update(status)
-            seen.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if url.user is not None:
-        client.username_pw_set(url.user, password)
-    if url.tls:
-        client.tls_set()
-    client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe(topics(url.device_id)["status"], 1)
-    client.connect(url.host, url.port)
-    client.loop_start()
-    try:
-        if not seen.wait(timeout):
-            raise TimeoutError(f"{url.device_id} did not report {state} on {url.broker} within {timeout:.0f} s")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return box
-
 
 class AgentBoard:
     """An emulated unix board whose main.py runs the agent (see :func:`start_agent_board`)."""
@@ -293,6 +262,6 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
                                   compile=not args.no_mpy):
             print(note)
     print(f"agent installed for {url} on {port}: reset the board to start it "
-          f"(its status appears on {topics(url.device_id)['status']})")
+          f"(its status appears on {status_topic(url.device_id)})")
     return 0
 

@@ -24,17 +24,12 @@ shows a loss. How the agent interrupts running code is described in firmware/eka
 """
 from __future__ import annotations
 
-import json
 import queue
 import secrets
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
@@ -42,8 +37,9 @@ from ..device import onboard
 from ..device.board import Capabilities
 from ..device.errors import BoardBusy, BoardNotResponding, DeviceError, LinkClosed
 from ..device.result import BoardException, ExecResult, InterruptReport, ValuesFromExec, parse_traceback
+from .client import (TOPIC_PREFIX, MqttClientError, MqttUrl, close_client, connect_client, parse_mqtt_url,
+                     read_status, status_topic)
 
-TOPIC_PREFIX = "edgekernel"
 DEFAULT_MAX_PART = 1800          # the agent announces its own limit in its status
 ACK_TIMEOUT = 10.0               # a board that does not start a request within this is not answering
 INTERRUPT_GRACE = 3.0            # after an interrupt, how long the board may take to say it stopped
@@ -61,48 +57,9 @@ class BoardOffline(BoardNotResponding):
     """The board's retained status says it is offline, or it went offline during a request."""
 
 
-@dataclass(frozen=True)
-class MqttUrl:
-    """``mqtt[s]://[user@]host[:port]/DEVICE_ID``. Never carries a password (see :func:`parse_mqtt_url`)."""
-
-    scheme: str
-    host: str
-    port: int
-    device_id: str
-    user: str | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "mqtts"
-
-    @property
-    def broker(self) -> str:
-        return f"{self.scheme}://{self.user + '@' if self.user else ''}{self.host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.broker}/{self.device_id}"
-
-
-def parse_mqtt_url(url: str) -> MqttUrl:
-    """Parse a board URL. A password in it is refused: it would end up in logs and history."""
-    parts = urlsplit(url)
-    if parts.password is not None:   # checked first: no later message may echo the URL with it
-        raise ValueError("put no password in the URL (it would show in logs and history): "
-                         "use --password-env VAR or answer the prompt")
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://[user@]broker[:port]/DEVICE_ID)")
-    device_id = parts.path.strip("/")
-    if not device_id or "/" in device_id or "+" in device_id or "#" in device_id:
-        raise ValueError(f"the URL needs the board's device id as its path: mqtt://broker/DEVICE_ID (got {url!r})")
-    if not parts.hostname:
-        raise ValueError(f"the URL names no broker: {url!r}")
-    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    return MqttUrl(parts.scheme, parts.hostname, port, device_id, unquote(parts.username) if parts.username else None)
-
-
 def topics(device_id: str, prefix: str = TOPIC_PREFIX) -> dict[str, str]:
     base = f"{prefix}/{device_id}/"
-    return {k: base + k for k in ("status", "exec", "ctl", "out")}
+    return {"status": status_topic(device_id, prefix), **{k: base + k for k in ("exec", "ctl", "out")}}
 
 
 def split_cell(rid: str, code: bytes, max_part: int) -> list[bytes]:
@@ -147,9 +104,6 @@ class MqttSession(ValuesFromExec):
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._rid: str | None = None
         self._interrupt_at: float | None = None
-        self._connected = threading.Event()
-        self._answered = threading.Event()
-        self._connect_result: Any = None
         self._status_seen = threading.Event()
         self._client: mqtt.Client | None = None
 
@@ -181,66 +135,22 @@ class MqttSession(ValuesFromExec):
 
     def connect(self, timeout: float = 10.0) -> None:
         """Connect to the broker, subscribe, and read the board's retained status."""
-        u = self.url
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ek-host-{self._session_id}",
-                             protocol=mqtt.MQTTv311, clean_session=True)
-        if u.user is not None:
-            client.username_pw_set(u.user, self._password)
-        if u.tls:
-            client.tls_set(ca_certs=self._ca_file, cert_reqs=ssl.CERT_NONE if self._insecure else ssl.CERT_REQUIRED)
-            if self._insecure:
-                client.tls_insecure_set(True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = lambda *a: self._inbox.put(("subscribed", None))
         try:
-            client.connect(u.host, u.port, keepalive=30)
-        except ssl.SSLError as exc:
-            raise MqttError(f"TLS with {u.broker} failed ({exc.reason or exc}): check mqtts:// and the broker's certificate") from None
-        except (ConnectionRefusedError, socket.gaierror, TimeoutError, OSError) as exc:
-            why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or str(exc))
-            raise MqttError(f"no MQTT broker answers at {u.host}:{u.port} ({why}): start one "
-                            "(e.g. mosquitto) or fix the URL") from None
-        client.loop_start()
-        self._client = client
-        if not self._answered.wait(timeout) or not self._connected.is_set():
-            self._stop_client()
-            if self._connect_result is not None:
-                raise MqttError(self._refusal(self._connect_result))
-            raise MqttError(f"the broker at {u.host}:{u.port} did not accept the connection within {timeout:.0f} s")
-        client.subscribe([(self.topics["status"], 1), (self.topics["out"], 0)])
+            self._client = connect_client(
+                self.url.address(self._password), client_id=f"ek-host-{self._session_id}", ca_file=self._ca_file,
+                insecure=self._insecure, timeout=timeout, on_message=self._on_message,
+                on_connected=self._subscribe,   # again after a broker restart
+                on_lost=lambda why: self._inbox.put(("broker-lost", why)))
+        except MqttClientError as exc:
+            raise MqttError(str(exc)) from None
         self._status_seen.wait(STATUS_WAIT)
 
-    def _refusal(self, reason: Any) -> str:
-        text = str(reason)
-        if getattr(reason, "value", None) in (4, 5, 134, 135) or "user name" in text or "authori" in text.lower():
-            return (f"the broker at {self.url.host}:{self.url.port} refused the login ({text}): check the user name "
-                    "in the URL and the password (--password-env VAR)")
-        return f"the broker at {self.url.host}:{self.url.port} refused the connection ({text})"
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            self._connect_result = reason
-            self._answered.set()
-            client.disconnect()  # no retrying with the same wrong password
-            return
-        if self._connected.is_set():  # a reconnect after a broker restart: subscribe again
-            client.subscribe([(self.topics["status"], 1), (self.topics["out"], 0)])
-        self._connected.set()
-        self._answered.set()
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if self._connected.is_set():
-            self._inbox.put(("broker-lost", str(reason)))
+    def _subscribe(self, client: mqtt.Client) -> None:
+        client.subscribe([(self.topics["status"], 1), (self.topics["out"], 0)])
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic == self.topics["status"]:
-            try:
-                presence = json.loads(message.payload or b"{}")
-            except ValueError:
-                presence = {"state": message.payload.decode(errors="replace")}
-            self.presence = presence if isinstance(presence, dict) else {"state": str(presence)}
+            self.presence = read_status(message.payload)
             self._status_seen.set()
             self._inbox.put(("status", self.presence))
         else:
@@ -268,10 +178,7 @@ class MqttSession(ValuesFromExec):
     def _stop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                client.disconnect()
-            finally:
-                client.loop_stop()
+            close_client(client)
 
     def __enter__(self) -> "MqttSession":
         return self
