@@ -39,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekernel.device import BoardSession, DeviceError, onboard  # noqa: E402
+from edgekernel.processes import alive  # noqa: E402
 
 LINK_RATE = 11520              # bytes/s at 115200 baud 8N1
 BYTE_TIME = 1 / LINK_RATE      # 86.8 us
@@ -382,16 +383,8 @@ def run(boards: list[str], runs: int) -> dict:
                 bench_board(proc.port, runs, upload=name != "microbit", res=res)
             except Exception as exc:  # noqa: BLE001
                 res["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        res["leftover_pids"] = [pid for pid in pids if _alive(pid)]
+        res["leftover_pids"] = [pid for pid in pids if alive(pid)]
     return results
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 # -- the table ----------------------------------------------------------------------------------------

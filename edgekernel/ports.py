@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 from serial.tools import list_ports
 
+from .processes import alive
+
 # USB vendor (and product) IDs of the bridges and boards MicroPython users meet.
 _BRIDGES: dict[tuple[int, int | None], tuple[str, str]] = {
     (0x10C4, 0xEA60): ("CP210x", "ESP8266/ESP32 board (NodeMCU, DevKit)"),
@@ -101,7 +103,8 @@ def advertised_boards() -> list[PortInfo]:
     for path in sorted(_advertised_dir(create=False).glob("*.json")):
         try:
             entry = json.loads(path.read_text())
-            os.kill(int(entry["pid"]), 0)
+            if not alive(int(entry["pid"])):
+                raise ValueError("its board process is gone")
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)  # its board process is gone
             continue

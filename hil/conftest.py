@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from edgekernel.device import BoardSession, DeviceError, LinkError
+from edgekernel.processes import alive
 
 REAL_PORT = os.environ.get("EDGEKERNEL_HIL_PORT")
 REAL_BAUD = int(os.environ.get("EDGEKERNEL_HIL_BAUD", "115200"))
@@ -83,7 +84,7 @@ class BoardPool:
 
     def get(self, name: str):
         proc = self.boards.get(name)
-        if proc is None or not _alive(proc.pid):
+        if proc is None or not alive(proc.pid):
             if proc is not None:
                 self.discard(name)
             proc = self.boards[name] = self.start(name)
@@ -106,26 +107,12 @@ class BoardPool:
             _reap(pid)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # a zombie child is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
-
-
 def _reap(pid: int) -> None:
     """Make sure a board process we started is gone."""
     deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
+    if alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -141,7 +128,7 @@ def pool():
     p = BoardPool()
     yield p
     p.close()
-    leftovers = [pid for pid in p.pids if _alive(pid)]
+    leftovers = [pid for pid in p.pids if alive(pid)]
     assert not leftovers, f"board processes still running: {leftovers}"
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from jupyter_client import KernelManager
 
+from edgekernel.processes import alive, descendants, wait_gone  # noqa: F401  (re-exported for the tests)
+
 # Generous ceilings for waits (never assertions about speed): a loaded 2-core
 # machine running QEMU must not turn a slow answer into a failure.
 START_TIMEOUT = 60.0
@@ -39,52 +41,6 @@ BOARD_OPTIONS: dict[str, dict[str, Any]] = {"unix": {}, "microbit": {"baud": 115
 
 
 # -- processes ---------------------------------------------------------------------------
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process, or None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[0], int(fields[1])
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every living process below pid (children, grandchildren...)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = _stat(int(name))
-            if st is not None:
-                children.setdefault(st[1], []).append(int(name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found and alive(child):
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def wait_gone(pids: set[int] | list[int], timeout: float = 10.0) -> set[int]:
-    """Wait for the processes to end; return those still alive after timeout."""
-    deadline = time.monotonic() + timeout
-    left = {p for p in pids if alive(p)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = {p for p in left if alive(p)}
-    return left
-
 
 def describe(pids: set[int]) -> str:
     out = []

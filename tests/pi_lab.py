@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import edgekernel
+from edgekernel.processes import alive, wait_gone
 
 REPO = str(Path(edgekernel.__file__).resolve().parent.parent)
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -51,23 +52,6 @@ def _run(*args: str) -> str:
     return r.stdout
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
-def wait_gone(pids, timeout: float = 15.0) -> set[int]:
-    deadline = time.monotonic() + timeout
-    left = {p for p in pids if _alive(p)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = {p for p in left if _alive(p)}
-    return left
-
-
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -89,7 +73,7 @@ class Pi:
 
     def netns_pids(self) -> set[int]:
         out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True).stdout
-        return {int(p) for p in out.split() if _alive(int(p))}
+        return {int(p) for p in out.split() if alive(int(p))}
 
 
 @dataclass
@@ -238,7 +222,7 @@ class PiLab:
                 pid = host.master_pid()
                 if pid is not None:
                     host.close_master()
-                    if wait_gone({pid}):
+                    if wait_gone({pid}, 15):
                         leftovers.append(f"ssh master {pid}")
                         os.kill(pid, signal.SIGKILL)
         self.stop_board()

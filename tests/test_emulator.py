@@ -12,6 +12,7 @@ import serial
 
 from edgekernel.emulator import BoardError, start_board
 from edgekernel.emulator.linksim import Wire
+from edgekernel.processes import alive
 
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 
@@ -306,15 +307,7 @@ def test_kill_is_a_pulled_cable(board):
     p.close()
     assert not os.path.exists(board.port)
     for pid in pids:
-        assert _gone(pid)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+        assert not alive(pid)
 
 
 def test_stop_cleans_up():
@@ -322,7 +315,7 @@ def test_stop_cleans_up():
     pids = b.board_pids() + [b.pid]
     flash = b.flash_dir
     b.stop()
-    assert all(_gone(pid) for pid in pids)
+    assert all(not alive(pid) for pid in pids)
     assert not os.path.exists(flash) and not os.path.exists(b.port)
 
 
@@ -482,9 +475,9 @@ def test_microbit_answers():
         b.hard_reset()  # a power cycle: QEMU restarts behind the same port
         assert b"MicroPython v1.9.2" in p.read_until(b">>> ", 10)
         pids = b.board_pids()
-        assert pids != old and _gone(old[0])
+        assert pids != old and not alive(old[0])
         p.close()
-    assert all(_gone(pid) for pid in pids)
+    assert all(not alive(pid) for pid in pids)
 
 
 # -- tools -------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import weakref
+from ..processes import alive, children_of
 
 __all__ = ["start_board", "check_installed", "BoardProcess", "BoardError", "EmulatorNotInstalled",
            "SandboxUnavailable", "BOARD_KINDS"]
@@ -74,31 +75,6 @@ def exit_with_parent_preexec() -> None:
     _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _children_of(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (read from /proc; this kernel has no /proc/PID/task/*/children)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(entry))
-    return kids
-
-
-def _gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except OSError:
-        return True
-
-
 _live: "weakref.WeakSet[BoardProcess]" = weakref.WeakSet()
 
 
@@ -144,7 +120,7 @@ class BoardProcess:
 
     def board_pids(self) -> list[int]:
         """PIDs of the emulator processes (micropython / qemu) the board process runs right now."""
-        return _children_of(self.pid) if self.alive else []
+        return children_of(self.pid) if self.alive else []
 
     def hard_reset(self) -> None:
         """Press the reset button (the board process handles SIGUSR1)."""
@@ -154,7 +130,7 @@ class BoardProcess:
     def stop(self) -> None:
         """Clean shutdown: the board process stops its emulator, removes its pty; then temp dirs go."""
         if self.alive:
-            self._inner.update(_children_of(self.pid))
+            self._inner.update(children_of(self.pid))
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(5)
@@ -166,7 +142,7 @@ class BoardProcess:
     def kill(self) -> None:
         """Abrupt: SIGKILL the board process; its pty vanishes like a pulled cable."""
         if self.alive:
-            self._inner.update(_children_of(self.pid))
+            self._inner.update(children_of(self.pid))
             self._proc.kill()
             self._proc.wait()
         self._finish()
@@ -175,7 +151,7 @@ class BoardProcess:
         # The emulators die with the board process (PR_SET_PDEATHSIG); make sure, by PID.
         deadline = time.monotonic() + 3
         for pid in self._inner:
-            while not _gone(pid):
+            while alive(pid):
                 if time.monotonic() > deadline:
                     try:
                         os.kill(pid, signal.SIGKILL)

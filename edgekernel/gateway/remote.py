@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime import runtime_dir
+from ..processes import alive
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -49,14 +50,6 @@ def _kernels_dir() -> Path:
     return runtime_dir("gateway", "kernels")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
 def running_kernels() -> list[dict[str, Any]]:
     """Gateway kernels alive on this machine (stale records of dead kernels are removed)."""
     found = []
@@ -65,7 +58,7 @@ def running_kernels() -> list[dict[str, Any]]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(record.get("pid", 0))):
+        if alive(int(record.get("pid", 0))):
             found.append(record)
         else:
             path.unlink(missing_ok=True)
@@ -326,7 +319,7 @@ def cmd_reap(kernel_id: str) -> int:
         record = None
     if record is not None:
         for pid in (int(record["pid"]), int(record.get("keeper", 0))):
-            if pid and _alive(pid):
+            if pid and alive(pid):
                 try:
                     os.killpg(pid, signal.SIGKILL) if pid == record["pid"] else os.kill(pid, signal.SIGKILL)
                     killed = True

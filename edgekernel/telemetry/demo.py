@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgekernel.emulator import _children_of, _gone
+from edgekernel.processes import alive, children_of
 from edgekernel.mqtt.agent import firmware_dir
 
 DEMO_FILES = ("ekmqtt.py", "sensor_demo.py")
@@ -49,7 +49,7 @@ class SensorBoard:
     def _tree(self) -> set[int]:
         found, todo = set(), [self.pid]
         while todo:
-            for child in _children_of(todo.pop()):
+            for child in children_of(todo.pop()):
                 if child not in found:
                     found.add(child)
                     todo.append(child)
@@ -66,9 +66,9 @@ class SensorBoard:
                 self.proc.wait()
         deadline = time.monotonic() + timeout
         for pid in self.board_pids:
-            while not _gone(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            if not _gone(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         if self.proc.stdout:
             self.proc.stdout.close()
