@@ -2,9 +2,12 @@
 
     python bench/kernel.py [--runs 200] [--skip-anchor]
 
-Everything is measured side by side in one run on the same emulated boards
-(unix port unthrottled, and behind the 115200-baud link simulator), so the
-machine's noise affects all kernels alike. Needs the bench extra:
+The kernels run side by side in one run and are measured in turns, cell by
+cell (the order turns each round): the do-nothing kernel (the Jupyter
+protocol's floor), edgekernel and the anchor, each board kernel on its own
+emulated board of the same kind (unix port unthrottled, and behind the
+115200-baud link simulator). Ratios are medians of pairs measured side by
+side, so the machine's drift falls on every kernel alike. Needs the bench extra:
 pip install -e '.[bench]'  (jupyter-micropython-kernel, mpremote).
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 from jupyter_client import KernelManager
@@ -82,37 +86,85 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def round_trips(kernel: Kernel, runs: int) -> tuple[float, float, bool]:
-    kernel.run("1+1")
-    times = []
-    shows = False
-    for _ in range(runs):
-        dt, msgs, _ = kernel.run("1+1")
-        times.append(dt)
-        shows = any(m["msg_type"] == "execute_result" for m in msgs)
-    return statistics.median(times) * 1000, percentile(times, 0.99) * 1000, shows
+def interleaved(kernels: dict[str, Kernel], code: str, runs: int) -> dict[str, list[float]]:
+    """Run `code` `runs` times on each kernel, alternating kernel by kernel (the order turns each
+    round), so the machine's drift falls on all of them alike. Seconds per run, per kernel."""
+    for kernel in kernels.values():
+        kernel.run(code)   # warm-up
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    names = list(kernels)
+    for i in range(runs):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            dt, _, reply = kernels[name].run(code)
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"{name}: {code!r} failed: {reply['content']}")
+            times[name].append(dt)
+    return times
 
 
-def measure_board_kernel(name: str, port: str, runs: int, connect: str) -> dict[str, object]:
-    kernel = Kernel(name)
-    row: dict[str, object] = {"start_s": kernel.start_seconds}
-    dt, msgs, reply = kernel.run(connect)
-    row["connect_s"] = dt
-    if reply["content"]["status"] != "ok":
-        raise RuntimeError(f"{name}: connect failed: {msgs}")
-    row["rt_median_ms"], row["rt_p99_ms"], row["shows_out"] = round_trips(kernel, runs)
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """The median of a[i] / b[i]: each pair was measured side by side."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def shows_out(kernel: Kernel) -> bool:
+    _, msgs, _ = kernel.run("1+1")
+    return any(m["msg_type"] == "execute_result" for m in msgs)
+
+
+def print_2000(kernel: Kernel) -> tuple[float, int, bool]:
     dt, msgs, _ = kernel.run("for i in range(2000):\n    print('line', i)")
     text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
-    row["print2000_s"] = dt
-    row["print2000_msgs"] = len(msgs) + 2  # + busy/idle seen by execute_interactive's caller
-    row["print2000_exact"] = text.count("line ") == 2000
-    row["int_busy_s"] = kernel.interrupt_latency("while True:\n    pass")
-    kernel.run("1+1")
-    row["int_flood_s"] = kernel.interrupt_latency("while True:\n    print('x' * 50)")
-    dt, _, reply = kernel.run("print('ok')")
-    row["after_interrupt_ok"] = reply["content"]["status"] == "ok"
-    kernel.close()
-    return row
+    return dt, len(msgs) + 2, text.count("line ") == 2000   # + busy/idle seen by execute_interactive's caller
+
+
+def compare_on_link(link: str, board_options: dict, runs: int, with_anchor: bool) -> dict[str, dict[str, object]]:
+    """The do-nothing kernel, edgekernel and (optionally) the anchor, alive together, each board
+    kernel on its own emulated board of the same kind, measured in turns."""
+    rows: dict[str, dict[str, object]] = {}
+    with ExitStack() as stack:
+        kernels: dict[str, Kernel] = {"floor": stack.enter_context(closing(Kernel("bench-nothing")))}
+        rows["floor"] = {"start_s": kernels["floor"].start_seconds}
+        board_kernels = {"edgekernel": ("bench-edgekernel", "%serialconnect --port {port}")}
+        if with_anchor:
+            board_kernels["anchor"] = ("bench-anchor", "%serialconnect --port={port} --baud=115200")
+        for name, (spec, connect) in board_kernels.items():
+            board = stack.enter_context(start_board("unix", **board_options))
+            kernel = kernels[name] = stack.enter_context(closing(Kernel(spec)))
+            dt, msgs, reply = kernel.run(connect.format(port=board.port))
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"{name}: connect failed: {msgs}")
+            rows[name] = {"start_s": kernel.start_seconds, "connect_s": dt, "shows_out": shows_out(kernel)}
+        times = interleaved(kernels, "1+1", runs)
+        for name, row in rows.items():
+            row["rt_median_ms"] = statistics.median(times[name]) * 1000
+            row["rt_p99_ms"] = percentile(times[name], 0.99) * 1000
+        rows["edgekernel"]["vs_floor"] = paired_ratio(times["edgekernel"], times["floor"])
+        if with_anchor:
+            rows["edgekernel"]["vs_anchor"] = paired_ratio(times["edgekernel"], times["anchor"])
+        board_names = [n for n in kernels if n != "floor"]
+        prints: dict[str, list[tuple[float, int, bool]]] = {n: [] for n in board_names}
+        busy: dict[str, list[float]] = {n: [] for n in board_names}
+        flood: dict[str, list[float]] = {n: [] for n in board_names}
+        for _ in range(3):   # the slower measurements, in turns too
+            for name in board_names:
+                prints[name].append(print_2000(kernels[name]))
+            for name in board_names:
+                busy[name].append(kernels[name].interrupt_latency("while True:\n    pass"))
+                kernels[name].run("1+1")
+            for name in board_names:
+                flood[name].append(kernels[name].interrupt_latency("while True:\n    print('x' * 50)"))
+                kernels[name].run("1+1")
+        for name in board_names:
+            row = rows[name]
+            row["print2000_s"] = statistics.median(p[0] for p in prints[name])
+            row["print2000_msgs"] = max(p[1] for p in prints[name])
+            row["print2000_exact"] = all(p[2] for p in prints[name])
+            row["int_busy_s"] = statistics.median(busy[name])
+            row["int_flood_s"] = statistics.median(flood[name])
+            _, _, reply = kernels[name].run("print('ok')")
+            row["after_interrupt_ok"] = reply["content"]["status"] == "ok"
+    return rows
 
 
 def main() -> int:
@@ -126,35 +178,25 @@ def main() -> int:
     os.environ["JUPYTER_PATH"] = str(root)
     os.environ["JUPYTER_RUNTIME_DIR"] = str(root / "runtime")
 
-    floor = Kernel("bench-nothing")
-    floor_med, floor_p99, _ = round_trips(floor, args.runs)
-    floor_start = floor.start_seconds
-    floor.close()
+    results = {link: compare_on_link(link, options, args.runs, not args.skip_anchor)
+               for link, options in (("unthrottled", {}), ("115200 baud", {"baud": 115200}))}
 
-    results: dict[tuple[str, str], dict[str, object]] = {}
-    for link, options in (("unthrottled", {}), ("115200 baud", {"baud": 115200})):
-        with start_board("unix", **options) as board:
-            results[("edgekernel", link)] = measure_board_kernel(
-                "bench-edgekernel", board.port, args.runs, f"%serialconnect --port {board.port}")
-            if not args.skip_anchor:
-                results[("anchor", link)] = measure_board_kernel(
-                    "bench-anchor", board.port, args.runs, f"%serialconnect --port={board.port} --baud=115200")
-
-    print(f"\ndo-nothing kernel (protocol floor): start {floor_start:.2f} s, "
-          f"1+1 median {floor_med:.2f} ms, p99 {floor_p99:.2f} ms\n")
     cols = ["start_s", "connect_s", "rt_median_ms", "rt_p99_ms", "shows_out", "print2000_s", "print2000_msgs",
             "print2000_exact", "int_busy_s", "int_flood_s", "after_interrupt_ok"]
-    print("| kernel | link | " + " | ".join(cols) + " |")
+    print("\n| kernel | link | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
-    for (kernel, link), row in results.items():
-        cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
-        print(f"| {kernel} | {link} | " + " | ".join(cells) + " |")
+    for link, rows in results.items():
+        for kernel, row in rows.items():
+            cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in cols]
+            print(f"| {kernel} | {link} | " + " | ".join(cells) + " |")
     print()
-    for link in ("unthrottled", "115200 baud"):
-        ek = results[("edgekernel", link)]
-        print(f"[{link}] edgekernel 1+1 / floor: {ek['rt_median_ms'] / floor_med:.2f}x (target <= 1.1x, with Out[n])")
-        if ("anchor", link) in results:
-            an = results[("anchor", link)]
+    for link, rows in results.items():
+        ek = rows["edgekernel"]
+        print(f"[{link}] edgekernel 1+1 / do-nothing kernel, paired in turns: {ek['vs_floor']:.2f}x "
+              f"(target <= 1.15x unthrottled, with Out[n])")
+        if "anchor" in rows:
+            an = rows["anchor"]
+            print(f"[{link}] edgekernel 1+1 / anchor, paired in turns: {ek['vs_anchor']:.2f}x (target <= 1.0x)")
             print(f"[{link}] 2000-line print edgekernel/anchor time: {ek['print2000_s'] / an['print2000_s']:.2f}x "
                   f"(target < 0.5x), messages {ek['print2000_msgs']} vs {an['print2000_msgs']} (target <= 50)")
             print(f"[{link}] interrupt during flood: edgekernel {ek['int_flood_s']:.3f} s vs anchor "

@@ -14,58 +14,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from . import BOARD_KINDS, BoardError
+from .extensions import BUILTIN_EXTENSIONS, EXTENSIONS, Cleanup, RunningBoard
 from .linksim import Link
 
 DEFAULT_HEAPSIZE = "1M"  # kept in step with unix_board.DEFAULT_HEAPSIZE (not imported: keeps --help light)
 
 
-@dataclass
-class RunningBoard:
-    """What an extension gets: the board (``rx(bytes)`` injects input as if from the serial line),
-    the link (``add_listener(cb)`` receives every byte of board output) and the info dict that is
-    printed with ``--json`` (add your own keys, e.g. ``info["webrepl"] = "ws://..."``)."""
-
-    board: object
-    link: Link
-    info: dict
-    loop: asyncio.AbstractEventLoop
-
-
-Cleanup = Callable[[], Awaitable[None]]
-
-
-@dataclass
-class BoardExtension:
-    """A front end added to a running board. ``start`` returns an async cleanup or None (e.g. when its
-    option was not given)."""
-
-    name: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    start: Callable[[argparse.Namespace, RunningBoard], Awaitable[Cleanup | None]]
-
-
-EXTENSIONS: list[BoardExtension] = []
-
-
-def register_extension(extension: BoardExtension) -> None:
-    """Add an extension; call before :func:`add_board_arguments` builds the parser."""
-    EXTENSIONS.append(extension)
-
-
 def _load_builtin_extensions() -> None:
-    from . import webrepl  # noqa: F401  (registers --webrepl)
-    from ..mqtt.agent import register_board_extension
-    register_board_extension()  # --mqtt
+    for target in BUILTIN_EXTENSIONS:
+        module, _, register = target.partition(":")
+        getattr(importlib.import_module(module), register)()
 
 
 def add_board_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ import socket
 import struct
 import sys
 
-from .cli import BoardExtension, RunningBoard, register_extension
+from .extensions import BoardExtension, RunningBoard, register_extension
 
 PASSWORD_ENV = "WEBREPL_PASSWORD"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -433,4 +433,6 @@ async def _start(args: argparse.Namespace, running: RunningBoard):
     return server.close
 
 
-register_extension(BoardExtension("webrepl", _add_arguments, _start))
+def register_board_extension() -> None:
+    """`edgekernel board --webrepl PORT`."""
+    register_extension(BoardExtension("webrepl", _add_arguments, _start))

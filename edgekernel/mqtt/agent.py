@@ -205,10 +205,10 @@ def _password_from_env(var: str | None) -> str | None:
 
 
 def register_board_extension() -> None:
-    from ..emulator.cli import EXTENSIONS, BoardExtension, register_extension
+    """`edgekernel board --mqtt URL`: the agent runs on the emulated board."""
+    from ..emulator.extensions import BoardExtension, register_extension
 
-    if not any(ext.name == "mqtt" for ext in EXTENSIONS):
-        register_extension(BoardExtension("mqtt", _board_arguments, _start_on_board))
+    register_extension(BoardExtension("mqtt", _board_arguments, _start_on_board))
 
 
 # -- `edgekernel agent install` -----------------------------------------------------------------------
