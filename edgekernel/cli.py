@@ -370,12 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .mqtt.agent import add_agent_command
     add_agent_command(sub)
-    from .gateway.cli import add_gateway_parser
+    from .gateway.commands import add_gateway_parser
     add_gateway_parser(sub)
 
     p = sub.add_parser("board", help="start an emulated board and print its serial device path")
     try:
-        from .emulator.cli import add_board_arguments, run_board
+        from .emulator.board_command import add_board_arguments, run_board
     except ImportError:  # the emulator is optional at import time; say so when used
         p.set_defaults(func=lambda a: print("edgekernel: emulator support is not installed", file=sys.stderr) or 2)
     else:

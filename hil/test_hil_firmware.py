@@ -17,7 +17,7 @@ import time
 import pytest
 
 from edgekernel.device import BoardSession, DeviceError, LinkError
-from edgekernel.firmware import MpyInfo, board_mpy_info, compile_for_board, esptool_args, flash_micropython, run_esptool
+from edgekernel.toolchain import MpyInfo, board_mpy_info, compile_for_board, esptool_args, flash_micropython, run_esptool
 
 PORT = os.environ.get("EDGEKERNEL_HIL_PORT")
 FIRMWARE = os.environ.get("EDGEKERNEL_HIL_FIRMWARE")

@@ -12,7 +12,7 @@ import pytest
 
 from edgekernel.device import BoardSession
 from edgekernel.device.files import BoardFiles, FileTransferError
-from edgekernel.firmware import FirmwareError, board_mpy_info
+from edgekernel.toolchain import FirmwareError, board_mpy_info
 from edgekernel.kernel.introspect import SignatureIndex, complete, inspect
 
 # Names the helper owns: it may rebind them when it is reinstalled.

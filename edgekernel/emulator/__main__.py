@@ -1,6 +1,6 @@
 """``python -m edgekernel.emulator --emulator unix ...`` (same options as ``edgekernel board``)."""
 import sys
 
-from .cli import main
+from .board_command import main
 
 sys.exit(main())

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .linksim import Link
+from .linksim import SerialLine
 
 #: "module:function" that registers each built-in extension (it may be called more than once).
 BUILTIN_EXTENSIONS = ("edgekernel.emulator.webrepl:register_board_extension",
@@ -27,7 +27,7 @@ class RunningBoard:
     printed with ``--json`` (add your own keys, e.g. ``info["webrepl"] = "ws://..."``)."""
 
     board: object
-    link: Link
+    link: SerialLine
     info: dict
     loop: asyncio.AbstractEventLoop
 

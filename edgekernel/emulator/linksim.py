@@ -1,6 +1,6 @@
 """The link between a host and an emulated board: a pseudo-terminal the host opens, and a wire model.
 
-Every emulated board is reached through a :class:`Link`. Without options the link is a plain relay
+Every emulated board is reached through a :class:`SerialLine`. Without options the link is a plain relay
 (bytes go straight through). With a baud rate and/or a latency it behaves like a serial line:
 
 * **Baud rate** — each direction is a transmitter that sends one byte every ``bits_per_byte / baud``
@@ -168,7 +168,7 @@ class PtyFront:
             os.unlink(self.symlink)
 
 
-class Link:
+class SerialLine:
     """Relays a :class:`PtyFront` to a board, optionally through a :class:`Wire` in each direction."""
 
     def __init__(self, board: BoardEnd, *, baud: int | None = None, latency_ms: float = 0.0,

@@ -1,7 +1,7 @@
 """The ``microbit`` board: Debian's micro:bit MicroPython firmware (1.9.2) in QEMU.
 
 QEMU's ``-serial pty`` creates a pseudo-terminal for the nRF51's UART. The board process keeps that
-pty open itself and relays it through a :class:`~edgekernel.emulator.linksim.Link`, rather than
+pty open itself and relays it through a :class:`~edgekernel.emulator.linksim.SerialLine`, rather than
 handing its path to users, because (measured):
 
 * QEMU drops UART output while nobody has its pty open, and so does the link: same behaviour for a

@@ -96,7 +96,7 @@ def _compiled(board: Any, contents: dict[str, bytes]) -> tuple[dict[str, bytes],
     import time); the .py files, and why, when mpy-cross or the board cannot do it."""
     import tempfile
 
-    from ..firmware import FirmwareError, board_mpy_info, compile_for_board
+    from ..toolchain import FirmwareError, board_mpy_info, compile_for_board
 
     try:
         info = board_mpy_info(board)

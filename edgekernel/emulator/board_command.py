@@ -24,7 +24,7 @@ import tempfile
 
 from . import BOARD_KINDS, BoardError
 from .extensions import BUILTIN_EXTENSIONS, EXTENSIONS, Cleanup, RunningBoard
-from .linksim import Link
+from .linksim import SerialLine
 
 DEFAULT_HEAPSIZE = "1M"  # kept in step with unix_board.DEFAULT_HEAPSIZE (not imported: keeps --help light)
 
@@ -102,7 +102,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         board = _make_board(args, flash)
         await board.start(args.timeout)
-        link = Link(board, baud=args.baud, latency_ms=args.latency_ms, symlink=args.link)
+        link = SerialLine(board, baud=args.baud, latency_ms=args.latency_ms, symlink=args.link)
         link.start()
         loop.add_signal_handler(signal.SIGUSR1, board.hard_reset)
         info = {"port": link.port, "pty": link.front.path, "pid": os.getpid(), "kind": args.emulator,

@@ -1,10 +1,10 @@
-"""%mpy-cross and %esptool: thin magics over edgekernel.firmware."""
+"""%mpy-cross and %esptool: thin magics over edgekernel.toolchain."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .. import firmware
+from .. import toolchain
 from .magics import REGISTRY as magics
 from .magics import HostError
 
@@ -21,9 +21,9 @@ def _mpy_cross(kernel: Any, args: Any, body: str) -> None:
     if not source.is_file():
         raise HostError("FileNotFoundError", f"no such file on this computer: {source}")
     try:
-        info = firmware.board_mpy_info(kernel.require_board())
-        out = firmware.compile_for_board(source, info, args.out)
-    except firmware.FirmwareError as exc:
+        info = toolchain.board_mpy_info(kernel.require_board())
+        out = toolchain.compile_for_board(source, info, args.out)
+    except toolchain.FirmwareError as exc:
         raise HostError(type(exc).__name__, str(exc)) from None
     kernel.say(f"compiled {source} for {info.describe()} -> {out} ({out.stat().st_size:,} bytes)\n")
 
@@ -58,12 +58,12 @@ def _esptool(kernel: Any, args: Any, body: str) -> None:
 
     try:
         if args.action == "write":
-            result = firmware.flash_micropython(port, args.image, release, reacquire, kernel.say, chip=args.chip,
+            result = toolchain.flash_micropython(port, args.image, release, reacquire, kernel.say, chip=args.chip,
                                                 erase=not args.no_erase, baud=args.baud, offset=args.offset)
         else:
-            command = firmware.esptool_args(args.action, port, chip=args.chip, baud=args.baud)
-            result = firmware.run_esptool(command, release, reacquire, kernel.say)
-    except firmware.FirmwareError as exc:
+            command = toolchain.esptool_args(args.action, port, chip=args.chip, baud=args.baud)
+            result = toolchain.run_esptool(command, release, reacquire, kernel.say)
+    except toolchain.FirmwareError as exc:
         raise HostError(type(exc).__name__, str(exc)) from None
     if getattr(result, "chip", None):
         kernel.say(f"chip: {result.chip}" + (f", MAC {result.mac}" if result.mac else "") + "\n")
