@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from edgekernel import toolchain as fw
-from edgekernel.firmware import (EsptoolError, EsptoolResult, FirmwareError, MpyCross, MpyCrossError,
+from edgekernel.toolchain import (EsptoolError, EsptoolResult, FirmwareError, MpyCross, MpyCrossError,
                                  MpyCrossUnavailable, MpyInfo, MpyNotSupported, board_mpy_info, compile_for_board,
                                  esptool_args, flash_micropython, micropython_offset, mpy_cross_command,
                                  normalize_chip, parse_esptool_output, run_esptool)
