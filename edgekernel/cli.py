@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from . import __version__
 from .device import DeviceError, ExecResult, LinkError
-from .device.board import Board, open_board
+from .device.board import Board
+from .device.opener import open_board
 
 PORT_ENV = "EDGEKERNEL_PORT"
 WEBREPL_PASSWORD_ENV = "WEBREPL_PASSWORD"

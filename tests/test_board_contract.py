@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgekernel.boards import BOARD_KINDS, board_kind
-from edgekernel.device.board import Board, board_schemes, open_board, split_options
+from edgekernel.device.board import Board
+from edgekernel.device.opener import board_schemes, open_board, split_options
 from edgekernel.links import LINK_SCHEMES, LinkError, link_class, url_scheme
 
 from kernel_fixtures import descendants, wait_gone

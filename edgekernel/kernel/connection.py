@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..boards import BoardKind
-from ..device.board import Board, open_board
+from ..device.board import Board
+from ..device.opener import open_board
 from ..device.files import BoardFiles
 from ..links import link_class, url_scheme
 from ..ports import auto_port, list_serial_ports

@@ -231,7 +231,7 @@ def add_agent_command(sub: Any) -> None:
 
 
 def cmd_agent_install(args: argparse.Namespace) -> int:
-    from ..device.board import open_board
+    from ..device.opener import open_board
     from ..ports import auto_port
 
     broker = args.broker.rstrip("/")
