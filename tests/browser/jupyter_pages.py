@@ -77,6 +77,7 @@ def jupyter_environment(root: Path) -> dict[str, str]:
         "EDGEKERNEL_RUNTIME_DIR": "edgekernel-run",
         "HOME": "home",
         "MPLCONFIGDIR": "matplotlib",
+        "TMPDIR": "tmp",  # temp files of kernels and notebooks (the telemetry notebook's CSV)
     }
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("EDGEKERNEL_", "JUPYTER_", "XDG_RUNTIME_DIR"))}

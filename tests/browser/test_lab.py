@@ -75,8 +75,9 @@ def test_output_values_tracebacks_and_input(notebook_page: NotebookPage, lab: Ju
     failing = nb.run_new_cell("x = 5\ny = x / 0")
     error = nb.output(failing).locator('[data-mime-type="application/vnd.jupyter.stderr"]')
     expect(error).to_contain_text("ZeroDivisionError")
-    # The traceback points at the cell's own line 2.
+    # The traceback points at the cell's own line 2 and shows it.
     expect(error).to_contain_text(re.compile(r'File "<(stdin|cell[^>]*)>", line 2'))
+    expect(error).to_contain_text("y = x / 0")
 
     asking = nb.run_new_cell("name = input('who? ')", wait=False)
     box = nb.output(asking).locator(".jp-Stdin-input")
