@@ -318,10 +318,6 @@ class NotebookPage:
             self.wait_done(index)
         return index
 
-    def rerun(self, index: int) -> None:
-        self.cell(index).locator(".cm-content").click()
-        self.page.keyboard.press("Shift+Enter")
-
     # toolbar and menus
     def toolbar_button(self, command: str) -> Locator:
         return self.panel.locator(f'.jp-Toolbar [data-command="{command}"]').first
