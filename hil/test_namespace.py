@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekernel.device import BoardSession
+from edgekernel.device import BoardSession, onboard
 from edgekernel.device.files import BoardFiles, FileTransferError
 from edgekernel.toolchain import FirmwareError, board_mpy_info
 from edgekernel.kernel.introspect import SignatureIndex, complete, inspect
@@ -145,7 +145,8 @@ def test_introspection_and_probes_leave_the_namespace_alone(user_board: BoardSes
         ("eval", lambda: board.eval("a + 1")),
         ("run_internal", lambda: board.run_internal("x = 5\nimport gc\nprint(x)")),
         ("the mpy version probe", lambda: board_mpy_info(board, guess=True)),
-        ("reinstalling the helper (connect again)", lambda: board.connect(20)),
+        ("connecting again (the helper is kept)", lambda: board.connect(20)),
+        ("reinstalling over an older helper", lambda: _as_if_older_helper(board) or board.connect(20)),
     ]
     _each(board, ops)
     # The operations answered from the user's namespace, not from a copy of it.
@@ -156,12 +157,19 @@ def test_introspection_and_probes_leave_the_namespace_alone(user_board: BoardSes
     assert board.exec("input('q')", show_value=True, timeout=10).value == "'the user input'"
 
 
+def _as_if_older_helper(board: BoardSession) -> None:
+    """Make the board's helper look like another version's, so that connecting installs ours over it."""
+    assert board.exec("_ek.v = 1", timeout=10).ok
+
+
 def test_the_helper_install_keeps_the_users_sys_and_input(board: BoardSession):
     """Installed over a namespace that has sys and input already, the helper binds only its own names;
     and its input() answers through the front end when the user has none of their own."""
     board.exec("import sys\nsys_id = id(sys)", timeout=10)
     before = snapshot(board)
+    _as_if_older_helper(board)
     board.connect(20)
+    assert board.eval("_ek.v") == onboard.HELPER_VERSION
     _unchanged(board, before, "reinstalling the helper")
     result = board.exec("input('name? ')", show_value=True, on_input=lambda prompt: "ada", timeout=15)
     assert result.value == "'ada'", result

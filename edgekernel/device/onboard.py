@@ -25,6 +25,7 @@ import io
 import re
 import secrets
 import tokenize
+import zlib
 
 MARKER_LEAD = b"\x1e"
 # The marker is the lead byte and three letters that encode a 5-digit number.
@@ -44,61 +45,71 @@ DAMAGED_CELL = "the cell arrived damaged"
 # adds `_ek` and `_ekr` to the user's globals and nothing else: no temporary names, and a user's
 # own `sys` or `input` is never rebound or deleted. Its input() goes into builtins where the
 # firmware lets builtins be overridden (a user's own global `input` then still wins); elsewhere
-# (MicroPython 1.9.2) into globals, unless the user has an `input` of their own there.
-# Reinstalled over an earlier helper, it keeps the original input() that one saved.
-HELPER_SOURCE = """\
-class _ek:
-    try:
-        input = _ek.input
-    except (NameError, AttributeError):
-        input = input
-    m = ''
-    def k(n):
-        return '\x1e%c%c%c' % (64 + n % 62, 64 + n // 62 % 62, 64 + n // 3844)
-    def run(n, s, k=-1, i=0):
-        m = _ek.m = _ek.k(n)
+# into globals, unless the user has an `input` of their own there.
+# A board that has this very helper already (a new session on a running board) keeps it: nothing
+# is rebuilt, which on a 16 KB heap would leave it more fragmented at each connect. Reinstalled
+# over an older helper, it keeps the original input() that one saved.
+_HELPER = """\
+if getattr(globals().get('_ek'), 'v', 0) != VERSION:
+    class _ek:
+        v = VERSION
         try:
-            if k >= 0 and len(s) != k:
-                raise OSError('edgekernel: the cell arrived damaged (%d of %d characters): the link drops bytes' % (len(s), k))
-            exec(s, {'_ek': _ek} if i else _ek.g)
-        except BaseException as e:
-            if isinstance(e, SystemExit):
-                print(m + 'D', end='')
-                raise
-            print(m + 'E', end='')
-            _ek.sys.print_exception(e)
-        print(m + 'D', end='')
-    def out(v):
-        if v is not None:
-            _ek.g['_'] = v
-            _ek.val(v)
-    o = out
-    def val(v):
-        print(_ek.m + 'R' + repr(v), end='')
-    def inp(p=''):
-        m = _ek.m
-        print(m + 'I' + str(p) + m + 'W', end='')
-        r = _ek.input()
-        print(m + 'i', end='')
-        if r == m[1:] + 'X':
-            raise OSError('input() needs a front end that allows stdin')
-        return r
-    def done():
-        print(_ek.m + 'D', end='')
-    g = globals()
-    import sys
-    try:
-        __import__('builtins').input = inp
-    except Exception:
-        try:
-            p = _ek.inp
+            input = _ek.input
         except (NameError, AttributeError):
-            p = None
-        if g.get('input', p) is p:
-            g['input'] = inp
-        del p
+            input = input
+        m = ''
+        def k(n):
+            return '\x1e%c%c%c' % (64 + n % 62, 64 + n // 62 % 62, 64 + n // 3844)
+        def run(n, s, k=-1, i=0):
+            m = _ek.m = _ek.k(n)
+            try:
+                if k >= 0 and len(s) != k:
+                    raise OSError('edgekernel: the cell arrived damaged (%d of %d characters): the link drops bytes' % (len(s), k))
+                exec(s, {'_ek': _ek} if i else _ek.g)
+            except BaseException as e:
+                if isinstance(e, SystemExit):
+                    print(m + 'D', end='')
+                    raise
+                print(m + 'E', end='')
+                _ek.sys.print_exception(e)
+            print(m + 'D', end='')
+        def out(v):
+            if v is not None:
+                _ek.g['_'] = v
+                _ek.val(v)
+        o = out
+        def val(v):
+            print(_ek.m + 'R' + repr(v), end='')
+        def inp(p=''):
+            m = _ek.m
+            print(m + 'I' + str(p) + m + 'W', end='')
+            r = _ek.input()
+            print(m + 'i', end='')
+            if r == m[1:] + 'X':
+                raise OSError('input() needs a front end that allows stdin')
+            return r
+        def done():
+            print(_ek.m + 'D', end='')
+        g = globals()
+        import sys
+        try:
+            __import__('builtins').input = inp
+        except Exception:
+            try:
+                p = _ek.inp
+            except (NameError, AttributeError):
+                p = None
+            if g.get('input', p) is p:
+                g['input'] = inp
+            del p
 _ekr = _ek.run
 """
+#: Which helper a board has (its _ek.v): a number from the helper's own text.
+HELPER_VERSION = zlib.crc32(_HELPER.encode()) % 90000 + 10000
+# Sent with one space per indentation level: the raw REPL holds the whole program in one buffer, and
+# on a fragmented 16 KB heap every byte of it must be contiguous.
+HELPER_SOURCE = re.sub(r"(?m)^(?:    )+", lambda m: " " * (len(m.group()) // 4),
+                       _HELPER.replace("VERSION", str(HELPER_VERSION)))
 
 # Frames of the helper itself, hidden from users' tracebacks, and the file name
 # exec() gives a cell, shown to users as "<cell>".

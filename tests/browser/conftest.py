@@ -127,7 +127,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     for n, page in enumerate(pages):
         path = folder / f"{item.name}-failed-{report.when}-{n}.png"
         try:
-            page.screenshot(path=str(path), full_page=True)
+            page.screenshot(path=str(path))
             saved.append(str(path))
         except Exception as exc:  # a crashed page: say so instead of hiding the test's own failure
             saved.append(f"{path}: no screenshot ({exc})")

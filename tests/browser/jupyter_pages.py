@@ -77,6 +77,7 @@ def jupyter_environment(root: Path) -> dict[str, str]:
         "EDGEKERNEL_RUNTIME_DIR": "edgekernel-run",
         "HOME": "home",
         "MPLCONFIGDIR": "matplotlib",
+        "TMPDIR": "tmp",  # temp files of kernels and notebooks (the telemetry notebook's CSV)
     }
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("EDGEKERNEL_", "JUPYTER_", "XDG_RUNTIME_DIR"))}
@@ -316,10 +317,6 @@ class NotebookPage:
         if wait:
             self.wait_done(index)
         return index
-
-    def rerun(self, index: int) -> None:
-        self.cell(index).locator(".cm-content").click()
-        self.page.keyboard.press("Shift+Enter")
 
     # toolbar and menus
     def toolbar_button(self, command: str) -> Locator:
