@@ -20,8 +20,9 @@ import pytest
 from edgekernel.cli import main
 from edgekernel.gateway.ssh import SSHHost
 from edgekernel.gateway.websocket_nodelay import KERNEL_GATEWAY_OPTION
+from edgekernel.processes import alive
 from gateway_fixtures import execute, gateways, kernels, where  # noqa: F401  (fixtures)
-from pi_lab import REPO, _alive, wait_gone
+from pi_lab import REPO, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -379,7 +380,7 @@ def _stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    assert not _alive(proc.pid)
+    assert not alive(proc.pid)
 
 
 def test_kernel_gateway_on_a_pi_through_an_ssh_tunnel(gateways, tmp_path):
@@ -520,7 +521,7 @@ def test_a_laptop_server_relaying_to_kernel_gateway_sends_at_once(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-        assert not _alive(server.pid)
+        assert not alive(server.pid)
         _stop_server(kg)
 
 

@@ -593,8 +593,7 @@ class BoardFiles:
     def _stream_params(self) -> tuple[int, int, int]:
         """(window, board buffer size, deflate window bits or 0)."""
         s = self.session
-        window = getattr(s, "_window", 0) if s.raw_paste else 0
-        window = window or 64
+        window = s.raw_paste_window or 64
         free = self.caps.free_ram
         buf = 16384 if free >= 256_000 else 4096 if free >= 48_000 else 1024 if free >= 16_000 else 512
         wbits = 0
@@ -633,7 +632,7 @@ class BoardFiles:
         window, block, wbits = self._stream_params()
         wire = self._frames(data, block, wbits)
         n = len(wire)
-        link = self.session.link
+        session = self.session
         state = {"credit": 0, "sent": 0, "started": False, "failed": False, "reported": False}
         out = bytearray()
 
@@ -653,13 +652,13 @@ class BoardFiles:
                 elif byte == 0x21:    # '!': the board stopped and reads up to our 0x03
                     state["failed"] = True
                     # Data never carries a raw 0x03 (it is escaped): it ends the board's drain.
-                    link.write(b"\x03")
+                    session.write_during_exec(b"\x03")
                     return
             # A Ctrl-C (session.interrupt) is a raw 0x03 in the stream: the board stops at it,
             # provided the read it is in completes, so the data keeps flowing until '!'.
             k = min(state["credit"], n - state["sent"])
             if k > 0 and state["started"]:
-                link.write(wire[state["sent"]: state["sent"] + k])
+                session.write_during_exec(wire[state["sent"]: state["sent"] + k])
                 state["sent"] += k
                 state["credit"] -= k
                 if progress is not None:

@@ -84,6 +84,7 @@ class BoardSession(ValuesFromExec):
         self.free_ram: int | None = None
         #: Bytes/s for boards without flow control; lowered when a cell arrives damaged.
         self.paced_rate = PACED_RATE
+        self._window = 0                     # raw-paste window, learned when raw-paste starts
         self._buf = bytearray()
         self._at_prompt = False              # a raw-REPL '>' was consumed; the board waits for code
         self._helpers = False
@@ -108,7 +109,7 @@ class BoardSession(ValuesFromExec):
     def capabilities(self) -> Capabilities:
         link = self.link
         return Capabilities(raw_paste=self.raw_paste, hard_reset=link.can_hard_reset, byte_stream=True,
-                            file_protocol=hasattr(link, "write_binary") and hasattr(link, "read_binary"),
+                            file_protocol=link.binary_channel is not None,
                             interrupt="ctrl-c", reconnects=link.can_reopen)
 
     # -- opening and closing -------------------------------------------------
@@ -528,6 +529,25 @@ class BoardSession(ValuesFromExec):
             self._reopen_after_reset(deadline)
         self._at_prompt = True
         self._install_helpers(deadline)
+
+    # -- for transfers that speak to the board beside exec (device/files.py, webrepl_files.py) ----
+
+    @property
+    def raw_paste_window(self) -> int:
+        """The board's raw-paste flow-control window in bytes (0 before raw-paste was used, or without it)."""
+        return self._window if self.raw_paste else 0
+
+    def write_during_exec(self, data: bytes) -> None:
+        """Bytes for the running program's stdin while exec() streams its output (a streamed put's
+        data, sent from its on_output callback as the board grants credit)."""
+        if not self._running.is_set():
+            raise DeviceError(f"{self.link.description}: nothing runs on the board to read these bytes")
+        self.link.write(data)
+
+    def reopen_after_drop(self) -> None:
+        """Within exclusive(): the board dropped a link that can reopen (WebREPL, after a failed file
+        open): connect again and re-enter the raw REPL."""
+        self._reopen_after_reset(time.monotonic() + self.link_reopen_timeout)
 
     def _reopen_after_reset(self, deadline: float) -> None:
         """The board dropped the link as it reset (WebREPL clients go with a reset): connect

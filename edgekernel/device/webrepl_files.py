@@ -32,7 +32,7 @@ class WebReplFileError(DeviceError):
 
 
 def supports_file_protocol(session: BoardSession) -> bool:
-    return hasattr(session.link, "write_binary") and hasattr(session.link, "read_binary")
+    return session.link.binary_channel is not None
 
 
 def _request(op: int, name: str, size: int = 0) -> bytes:
@@ -48,12 +48,14 @@ class WebReplFiles:
     def __init__(self, session: BoardSession, *, timeout: float = 30.0) -> None:
         if not supports_file_protocol(session):
             raise WebReplFileError(f"{session.link.description}: not a WebREPL link")
+        channel = session.link.binary_channel
+        assert channel is not None
         self.session = session
-        self.link = session.link
+        self.channel = channel
         self.timeout = timeout
 
     def _reply(self, what: str, deadline: float) -> None:
-        code = self.link.read_binary(4, deadline)  # type: ignore[attr-defined]
+        code = self.channel.read_binary(4, deadline)
         if code != OK:
             raise WebReplFileError(f"{what}: the board answered {code!r} instead of WB 0")
 
@@ -61,7 +63,7 @@ class WebReplFiles:
         """The board dropped the connection: connect again so the session goes on, and say so."""
         try:
             # The session is held (exclusive()): reopen without taking it again.
-            self.session._reopen_after_reset(time.monotonic() + self.session.link_reopen_timeout)
+            self.session.reopen_after_drop()
             again = "reconnected"
         except (LinkError, DeviceError) as exc:
             again = f"reconnecting failed too ({exc})"
@@ -69,8 +71,8 @@ class WebReplFiles:
 
     def version(self) -> tuple[int, int, int]:
         with self.session.exclusive():
-            self.link.write_binary(_request(GET_VER, ""))  # type: ignore[attr-defined]
-            v = self.link.read_binary(3, time.monotonic() + self.timeout)  # type: ignore[attr-defined]
+            self.channel.write_binary(_request(GET_VER, ""))
+            v = self.channel.read_binary(3, time.monotonic() + self.timeout)
         return v[0], v[1], v[2]
 
     def put(self, data: bytes, dest: str, progress: Progress | None = None) -> None:
@@ -80,12 +82,12 @@ class WebReplFiles:
             deadline = time.monotonic() + self.timeout + len(data) / 2000
             opened = False
             try:
-                self.link.write_binary(request)  # type: ignore[attr-defined]
+                self.channel.write_binary(request)
                 self._reply(what, deadline)
                 opened = True
                 view = memoryview(data)
                 for i in range(0, len(data), PUT_FRAME):
-                    self.link.write_binary(bytes(view[i: i + PUT_FRAME]))  # type: ignore[attr-defined]
+                    self.channel.write_binary(bytes(view[i: i + PUT_FRAME]))
                     if progress is not None:
                         progress(min(len(data), i + PUT_FRAME), len(data))
                 self._reply(what, deadline)
@@ -100,17 +102,17 @@ class WebReplFiles:
             deadline = time.monotonic() + self.timeout
             opened = False
             try:
-                self.link.write_binary(_request(GET_FILE, src))  # type: ignore[attr-defined]
+                self.channel.write_binary(_request(GET_FILE, src))
                 self._reply(what, deadline)
                 opened = True
                 while True:
                     # One chunk per pull, strictly in turn (as the board expects).
-                    self.link.write_binary(b"\x00")  # type: ignore[attr-defined]
+                    self.channel.write_binary(b"\x00")
                     deadline = time.monotonic() + self.timeout
-                    n = int.from_bytes(self.link.read_binary(2, deadline), "little")  # type: ignore[attr-defined]
+                    n = int.from_bytes(self.channel.read_binary(2, deadline), "little")
                     if n == 0:
                         break
-                    out += self.link.read_binary(n, deadline)  # type: ignore[attr-defined]
+                    out += self.channel.read_binary(n, deadline)
                     if progress is not None and total:
                         progress(min(total, len(out)), total)
                 self._reply(what, deadline)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Link, LinkClosed, LinkError, SecretSource
+from .base import BinaryChannel, Link, LinkClosed, LinkError, SecretSource
 from .serial_link import DEFAULT_BAUD, SerialLink
 
-__all__ = ["Link", "LinkClosed", "LinkError", "SecretSource", "SerialLink", "open_link", "link_class", "url_scheme",
+__all__ = ["BinaryChannel", "Link", "LinkClosed", "LinkError", "SecretSource", "SerialLink", "open_link", "link_class", "url_scheme",
            "DEFAULT_BAUD", "LINK_SCHEMES"]
 
 #: URL scheme -> "module:class" of its Link; "" is a device path.

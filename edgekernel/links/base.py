@@ -9,12 +9,20 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 #: Where a link gets a secret (a WebREPL password): called with a prompt such as
 #: "WebREPL password for ws://host:8266", returns it or raises LinkError. Secrets come
 #: from the environment or a prompt, never from the URL.
 SecretSource = Callable[[str], str]
+
+
+class BinaryChannel(Protocol):
+    """Frames beside the REPL's bytes on the same connection (WebREPL's file protocol)."""
+
+    def write_binary(self, data: bytes) -> None: ...
+
+    def read_binary(self, n: int, deadline: float) -> bytes: ...
 
 
 class LinkError(Exception):
@@ -68,6 +76,11 @@ class Link(ABC):
 
     def reopen(self, timeout: float | None = None) -> None:
         raise LinkClosed(f"{self.description}: the board disconnected")
+
+    @property
+    def binary_channel(self) -> BinaryChannel | None:
+        """A second channel for binary frames beside the REPL (WebREPL's file protocol), or None."""
+        return None
 
     @property
     def can_hard_reset(self) -> bool:

@@ -286,6 +286,10 @@ class WebReplLink(Link):
 
     # -- the file protocol's channel ---------------------------------------------------------------
 
+    @property
+    def binary_channel(self) -> "WebReplLink":
+        return self
+
     def write_binary(self, data: bytes) -> None:
         with self._write_lock:
             self._send_frame(data, websocket.ABNF.OPCODE_BINARY)
