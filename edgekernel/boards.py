@@ -25,16 +25,33 @@ class BoardKind:
     emulator: str = ""
     #: The kernel connects through an MQTT broker (EDGEKERNEL_MQTT_URL in its kernelspec's env).
     mqtt: bool = False
+    #: USB serial bridges (edgekernel.ports names them by USB id) whose boards are of this kind.
+    usb_bridges: frozenset[str] = frozenset()
+    #: What a gateway calls a board of this kind found on a Pi ("MicroPython ESP8266 on pi1 (ttyUSB0)").
+    gateway_display: str = "MicroPython"
 
+
+ESP_BRIDGES = frozenset({"CP210x", "CH340", "CH9102", "CH34x", "FTDI"})
+EMULATED_BRIDGE = "emulated"   # what `edgekernel board --advertise` lists as an emulated board's bridge
 
 BOARD_KINDS: tuple[BoardKind, ...] = (
-    BoardKind("esp8266", "micropython-esp8266", "MicroPython ESP8266", prefer_esp=True, esp_reset_lines=True),
+    BoardKind("esp8266", "micropython-esp8266", "MicroPython ESP8266", prefer_esp=True, esp_reset_lines=True,
+              usb_bridges=ESP_BRIDGES, gateway_display="MicroPython ESP8266"),
     BoardKind("serial", "micropython", "MicroPython (serial)"),
-    BoardKind("emulator", "micropython-emulator", "MicroPython (emulated board)", emulator="unix"),
+    BoardKind("emulator", "micropython-emulator", "MicroPython (emulated board)", emulator="unix",
+              usb_bridges=frozenset({EMULATED_BRIDGE}), gateway_display="MicroPython (emulated board)"),
     BoardKind("mqtt", "micropython-mqtt", "MicroPython (MQTT)", mqtt=True),
 )
 
 DEFAULT_PROFILE = "serial"
+
+
+def kind_for_bridge(bridge: str | None) -> BoardKind:
+    """The kind of a board found behind a USB bridge (or advertised as emulated); plain serial otherwise."""
+    for kind in BOARD_KINDS:
+        if bridge in kind.usb_bridges:
+            return kind
+    return board_kind(DEFAULT_PROFILE)
 
 
 def board_kind(profile: str | None) -> BoardKind:

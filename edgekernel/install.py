@@ -9,9 +9,10 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
+from .boards import BOARD_KINDS
 from .data_files import kernelspecs_dir
 
-KERNEL_NAMES = ("micropython-esp8266", "micropython", "micropython-emulator", "micropython-mqtt")
+KERNEL_NAMES = tuple(kind.kernelspec for kind in BOARD_KINDS)
 
 
 def display_names() -> dict[str, str]:

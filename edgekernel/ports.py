@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from serial.tools import list_ports
 
+from .boards import EMULATED_BRIDGE, ESP_BRIDGES
 from .processes import alive
 
 # USB vendor (and product) IDs of the bridges and boards MicroPython users meet.
@@ -23,7 +24,6 @@ _BRIDGES: dict[tuple[int, int | None], tuple[str, str]] = {
     (0x0D28, 0x0204): ("DAPLink", "BBC micro:bit"),
     (0x239A, None): ("native USB", "Adafruit board"),
 }
-ESP_BRIDGES = {"CP210x", "CH340", "CH9102", "CH34x", "FTDI"}
 
 
 @dataclass
@@ -82,7 +82,7 @@ def auto_port(prefer_esp: bool = False) -> tuple[str | None, list[PortInfo]]:
 # -- emulated boards advertised on this machine (`edgekernel board --advertise`) ------------------
 # An emulated board has no USB IDs, so nothing would find it; while it runs it leaves a small JSON
 # file here, and `edgekernel devices` (so also `edgekernel gateway add`, run over SSH) lists it.
-EMULATED = "emulated"
+EMULATED = EMULATED_BRIDGE
 
 
 def _advertised_dir(create: bool = True):

@@ -119,3 +119,19 @@ def test_every_link_scheme_names_a_real_transport():
     for scheme in LINK_SCHEMES:
         cls = link_class(f"{scheme}://x" if scheme else "/dev/ttyX")
         assert cls is not None and hasattr(cls, "from_url") and cls.kind, scheme
+
+
+def test_ports_install_and_the_gateway_read_the_same_table():
+    from edgekernel.boards import kind_for_bridge
+    from edgekernel.gateway.manage import board_spec
+    from edgekernel.install import KERNEL_NAMES
+    from edgekernel.ports import PortInfo
+
+    assert set(KERNEL_NAMES) == {k.kernelspec for k in BOARD_KINDS}
+    assert kind_for_bridge("CP210x").profile == "esp8266" and kind_for_bridge(None).profile == "serial"
+    assert PortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, None, "", "CP210x", None).is_esp
+    entry = {"python": "python3", "ssh": "pi@pi1"}
+    _, esp = board_spec("pi1", entry, {"device": "/dev/ttyUSB0", "bridge": "CP210x"})
+    assert esp["display_name"] == "MicroPython ESP8266 on pi1 (ttyUSB0)" and esp["env"]["EDGEKERNEL_PROFILE"] == "esp8266"
+    _, emulated = board_spec("pi1", entry, {"device": "/dev/pts/3", "bridge": "emulated"})
+    assert emulated["env"]["EDGEKERNEL_PROFILE"] == "serial", "the Pi's emulated board runs already"

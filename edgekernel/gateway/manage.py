@@ -19,7 +19,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_data_dir
 
 from ..data_files import kernelspecs_dir
-from ..ports import EMULATED, ESP_BRIDGES
+from ..boards import kind_for_bridge
 from .ssh import GatewayError, SSHHost
 
 PROVISIONER = "edgekernel-ssh"
@@ -65,12 +65,9 @@ def board_spec(name: str, entry: dict[str, Any], board: dict[str, Any]) -> tuple
     """(kernelspec name, kernel.json) of the MicroPython kernel pinned to one board on one Pi."""
     device = board.get("by_id") or board["device"]
     short = board["device"].removeprefix("/dev/")
-    if board.get("bridge") in ESP_BRIDGES:
-        profile, kind = "esp8266", "MicroPython ESP8266"
-    elif board.get("bridge") == EMULATED:
-        profile, kind = "serial", "MicroPython (emulated board)"
-    else:
-        profile, kind = "serial", "MicroPython"
+    found = kind_for_bridge(board.get("bridge"))
+    # The kernel connects to the board the Pi found (EDGEKERNEL_PORT): an emulated one runs already.
+    profile, kind = ("serial" if found.emulator else found.profile), found.gateway_display
     spec = {
         "argv": [entry["python"], "-m", "edgekernel.kernel", "-f", "{connection_file}"],
         "display_name": f"{kind} on {name} ({short})",
