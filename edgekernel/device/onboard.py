@@ -17,6 +17,13 @@ fixed-length token plus one letter, so the host needs no other framing.
 The helper is written for the oldest firmware we meet (MicroPython 1.9.2 on
 the micro:bit: no ``compile``, no ``sys.stdout``) and kept small for 16 KB
 of RAM.
+
+Names: a cell runs in the board's globals, which are the user's. Everything
+edgekernel runs there for itself (file transfers, probes, completion) is a
+*scratch* run, ``_ekr(marker, source, length, 1)``: the helper execs it in a
+fresh dict that holds only ``_ek``, so no user name is added, removed or
+rebound; what must outlive one such run is kept on ``_ek``. The helper itself
+owns ``_ek`` and ``_ekr`` (and ``input`` where builtins cannot be overridden).
 """
 from __future__ import annotations
 
