@@ -205,7 +205,8 @@ def framed_call(marker: bytes, source: str, check_length: bool = True, scratch: 
     With scratch, `source` runs in a namespace of its own (only `_ek` in it), so
     nothing it binds reaches the user's globals: edgekernel's own programs."""
     source = _short_literal_padding(source)
-    length = f",{len(source)}" if check_length else (",-1" if scratch else "")
+    # A scratch run names its length always (the flag comes after it; checking costs the board nothing).
+    length = f",{len(source)}" if check_length or scratch else ""
     length += ",1" if scratch else ""
     # _ekr is _ek.run under a shorter name (3 bytes fewer on every cell). Not _ek() with
     # the run in __init__: constructing an instance costs C stack the micro:bit lacks.
