@@ -118,6 +118,18 @@ def test_framed_call_round_trips_any_source(source):
     assert not any(b < 0x20 for b in call)
 
 
+@pytest.mark.parametrize("check_length", [True, False])
+def test_a_scratch_call_names_its_length_and_the_flag(check_length):
+    m = onboard.new_marker()
+    node = ast.parse(onboard.framed_call(m, "import os\nprint(1)", check_length, scratch=True).decode(),
+                     mode="eval").body
+    number, sent, length, scratch = (ast.literal_eval(a) for a in node.args)
+    assert len(sent) == length and scratch == 1
+    # A user's cell carries no flag: its wire cost is unchanged.
+    plain = ast.parse(onboard.framed_call(m, "1+1", check_length).decode(), mode="eval").body
+    assert len(plain.args) == (3 if check_length else 2)
+
+
 # -- the helper on real MicroPython --------------------------------------------------------------
 
 needs_micropython = pytest.mark.skipif(micropython_executable() is None, reason="micropython is not installed")

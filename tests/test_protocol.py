@@ -595,3 +595,43 @@ def test_unix_input_with_and_without_answer(unix_session):
     r = s.exec("input('x')")
     assert r.error is not None and "stdin" in r.error.message
     assert s.exec("print('still fine')").text == "still fine\n"
+
+
+# -- a framed call the board cannot even compile -----------------------------------------------------
+
+def test_unix_a_framed_call_damaged_outside_its_literal_is_sent_again(unix_session, monkeypatch):
+    """Bytes lost outside the cell's literal make the call itself a SyntaxError at the raw REPL (the
+    helper's length check never runs): the session must take that as damage and send the cell again,
+    not wait for a helper marker that never comes."""
+    s = unix_session
+    real = onboard.framed_call
+    calls = []
+
+    def losing_the_last_byte_once(*args, **kwargs):
+        program = real(*args, **kwargs)
+        calls.append(program)
+        return program[:-1] if len(calls) == 1 else program
+
+    monkeypatch.setattr(onboard, "framed_call", losing_the_last_byte_once)
+    r = s.exec("print(6 * 7)", timeout=30)
+    assert r.ok and r.text == "42\n" and not r.timed_out and r.interrupted is None, r
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(__import__("shutil").which("qemu-system-arm") is None,
+                    reason="qemu-system-arm not installed (apt-get install qemu-system-arm)")
+def test_microbit_a_cell_too_big_to_compile_says_so_at_once():
+    """The micro:bit's raw REPL answers a program it has no memory to parse with a bare MemoryError
+    line: that is the end of the run (a one-line error saying what to do), not output to wait after."""
+    from edgekernel.emulator import start_board
+    from kernel_fixtures import alive
+    proc = start_board("microbit", baud=115200, timeout=30)
+    try:
+        with BoardSession.open(proc.port, 115200, timeout=20) as s:
+            r = s.exec("x = '" + "a" * 2800 + "'\nprint(len(x))", timeout=60)
+            assert r.error is not None and r.error.type == "MemoryError", r
+            assert "make the cell smaller" in r.error.message and not r.timed_out and r.interrupted is None
+            assert s.exec("print(1 + 1)", timeout=15).text == "2\n"
+    finally:
+        proc.stop()
+    assert not alive(proc.pid), f"micro:bit emulator pid {proc.pid} still running"

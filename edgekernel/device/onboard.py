@@ -17,6 +17,13 @@ fixed-length token plus one letter, so the host needs no other framing.
 The helper is written for the oldest firmware we meet (MicroPython 1.9.2 on
 the micro:bit: no ``compile``, no ``sys.stdout``) and kept small for 16 KB
 of RAM.
+
+Names: a cell runs in the board's globals, which are the user's. Everything
+edgekernel runs there for itself (file transfers, probes, completion) is a
+*scratch* run, ``_ekr(marker, source, length, 1)``: the helper execs it in a
+fresh dict that holds only ``_ek``, so no user name is added, removed or
+rebound; what must outlive one such run is kept on ``_ek``. The helper itself
+owns ``_ek`` and ``_ekr`` (and ``input`` where builtins cannot be overridden).
 """
 from __future__ import annotations
 
@@ -198,7 +205,8 @@ def framed_call(marker: bytes, source: str, check_length: bool = True, scratch: 
     With scratch, `source` runs in a namespace of its own (only `_ek` in it), so
     nothing it binds reaches the user's globals: edgekernel's own programs."""
     source = _short_literal_padding(source)
-    length = f",{len(source)}" if check_length else (",-1" if scratch else "")
+    # A scratch run names its length always (the flag comes after it; checking costs the board nothing).
+    length = f",{len(source)}" if check_length or scratch else ""
     length += ",1" if scratch else ""
     # _ekr is _ek.run under a shorter name (3 bytes fewer on every cell). Not _ek() with
     # the run in __init__: constructing an instance costs C stack the micro:bit lacks.

@@ -27,6 +27,7 @@ from .result import BoardException, ExecResult, InterruptReport, ValuesFromExec,
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 SOFT_REBOOT = b"soft reboot\r\n"
 TRACEBACK_HEAD = b"Traceback (most recent call last):"
+MEMORY_HEAD = b"MemoryError:"
 NATIVE_END = b"\x04>"
 
 # A reset shows itself by one of these, then a prompt, then silence.
@@ -811,7 +812,8 @@ class _Follower:
         if not (self.state == "out" and buf.endswith(NATIVE_END) and buf[:1] == b"\x04"
                 and self.native_end_possible() and _could_be_native_end(bytes(buf[1:]), complete=True)):
             return False
-        return not self.framed or b"KeyboardInterrupt" in buf or b"_ek" in buf
+        return (not self.framed or b"KeyboardInterrupt" in buf or b"_ek" in buf
+                or _compile_failure(bytes(buf[1:-2])) is not None)
 
     def recent(self) -> bytes:
         return bytes(self.output[-64:]) + bytes(self.s._buf)
@@ -826,7 +828,19 @@ class _Follower:
             err = bytes(s._buf[1:-2])
             s._buf.clear()
             s._at_prompt = True
-            if err:
+            failure = _compile_failure(err) if self.framed else None
+            if failure == "SyntaxError":
+                # The framed call is valid Python whatever the cell holds: bytes were lost on the way.
+                # Said like the helper's own refusal, so the cell is sent again, slower.
+                self.result.error = BoardException(
+                    "OSError", f"edgekernel: {onboard.DAMAGED_CELL} (the board could not parse the call "
+                               "that carries it): the link drops bytes")
+            elif failure == "MemoryError":
+                self.result.error = BoardException(
+                    "MemoryError", f"the board has too little free memory to take this cell in "
+                                   f"({err.decode(errors='replace').strip().splitlines()[-1].split(': ', 1)[-1]}): make the cell "
+                                   "smaller, free memory (del big objects, then gc.collect()) or soft-reset the board")
+            elif err:
                 self.result.error = parse_traceback(err.decode(errors="replace"),
                                                     hide_files=self.hide_files, rename=self.rename)
             return True
@@ -923,11 +937,25 @@ def _partial_suffix(buf: bytearray, marker: bytes) -> int:
     return len(tail) if marker.startswith(tail) else 0
 
 
+def _compile_failure(err: bytes) -> str | None:
+    """"SyntaxError" or "MemoryError" when the raw REPL's own error text says it could not compile
+    the program at all (no frame is "in" any function or module), else None."""
+    text = err.replace(b"\r\n", b"\n").strip()
+    if b", in " in text:
+        return None
+    last = text.rsplit(b"\n", 1)[-1]
+    for kind in (b"SyntaxError", b"MemoryError"):
+        if last.startswith(kind) and (text.startswith(TRACEBACK_HEAD) or text == last):
+            return kind.decode()
+    return None
+
+
 def _could_be_native_end(rest: bytes, complete: bool = False) -> bool:
     """Could "\\x04" + rest be (the start of) the raw REPL's own ending?"""
     if rest == b"\x04>" or (not complete and b"\x04>".startswith(rest)):
         return True
-    head = TRACEBACK_HEAD
+    # A program the board had no memory to compile: the error alone, no traceback.
+    head = MEMORY_HEAD if rest.startswith(MEMORY_HEAD[:1]) else TRACEBACK_HEAD
     if len(rest) < len(head):
         return not complete and head.startswith(rest)
     if not rest.startswith(head):
