@@ -116,7 +116,7 @@ def test_cells_without_raw_paste_arrive_intact(board):
         expected = f"{len(text)} {sum(map(ord, text))}"
         try:
             if k % 5 == 4:
-                board.connect(15)      # re-installs the helper: a 1.2 KB upload
+                board.connect(15)      # re-sends the helper (about 1 KB); the board keeps its own if it is the same version
             r = board.exec(src, timeout=15)
         except Exception as exc:  # noqa: BLE001 - count every way it can go wrong
             failures.append(f"{k}: {type(exc).__name__}: {str(exc)[:200]}")
