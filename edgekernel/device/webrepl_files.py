@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from ..links import LinkClosed, LinkError
 from .errors import DeviceError
+from .board import Board
 from .session import BoardSession
 
 REQUEST = struct.Struct("<2sBBQLH64s")
@@ -31,8 +32,8 @@ class WebReplFileError(DeviceError):
     """A WebREPL file transfer failed; the message says what happened and what is left."""
 
 
-def supports_file_protocol(session: BoardSession) -> bool:
-    return session.link.binary_channel is not None
+def supports_file_protocol(board: Board) -> bool:
+    return board.capabilities.file_protocol
 
 
 def _request(op: int, name: str, size: int = 0) -> bytes:
