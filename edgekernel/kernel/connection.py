@@ -171,8 +171,8 @@ class Connection:
         """Connect to the board at `url` (any scheme open_board takes), replacing the current one."""
         self.disconnect()
         baud = baud or default_baud()
-        serial = link_class(url) is not None and getattr(link_class(url), "kind", "") == "serial"
-        link_options = {"esp_reset_lines": self.profile.esp_reset_lines} if serial and "://" not in url else {}
+        # DTR/RTS matter on device paths only (URLs and WebREPL have no modem lines).
+        link_options = {"esp_reset_lines": self.profile.esp_reset_lines} if not url_scheme(url) else {}
         board = open_board(url, baud=baud, secret=self.secret_source(url, password_env, ask), log=self.log,
                            link_options=link_options)
         if soft_reset:

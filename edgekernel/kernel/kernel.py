@@ -71,7 +71,7 @@ def host_fault(exc: BaseException) -> tuple[str, str]:
 def _execute_fault(kernel: "MicroPythonKernel", exc: Exception, *args: Any, **kwargs: Any) -> dict[str, Any]:
     ename, evalue = host_fault(exc)
     silent = bool(args[1] if len(args) > 1 else kwargs.get("silent", False))
-    return kernel._error_reply(ename, evalue, [f"{ename}: {evalue}"], kernel.shell.execution_count, silent)
+    return kernel._error_reply(ename, evalue, kernel.shell.execution_count, silent)
 
 
 def _request_fault(kernel: "MicroPythonKernel", exc: Exception, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -303,22 +303,20 @@ class MicroPythonKernel(IPythonKernel):
             self.say(str(help_text))
             return None
         except HostError as exc:
-            return self._error_reply(exc.ename, exc.evalue, [f"{exc.ename}: {exc.evalue}"], count, silent)
+            return self._error_reply(exc.ename, exc.evalue, count, silent)
         except MagicError as exc:
-            return self._error_reply("UsageError", str(exc), [f"UsageError: {exc}"], count, silent)
+            return self._error_reply("UsageError", str(exc), count, silent)
         except (LinkError, DeviceError, OSError) as exc:
             if isinstance(exc, LinkClosed):
                 self.connection.disconnect()
-            name = type(exc).__name__
-            return self._error_reply(name, str(exc), [f"{name}: {exc}"], count, silent)
+            return self._error_reply(type(exc).__name__, str(exc), count, silent)
         except KeyboardInterrupt:
             # Kernel -> Interrupt while the cell's host-side part ran on the event loop.
-            return self._error_reply("KeyboardInterrupt", "interrupted", ["KeyboardInterrupt: interrupted"],
-                                     count, silent)
+            return self._error_reply("KeyboardInterrupt", "interrupted", count, silent)
         except Exception as exc:
             self.log.error("host-side failure in a cell", exc_info=True)
             ename, evalue = host_fault(exc)
-            return self._error_reply(ename, evalue, [f"{ename}: {evalue}"], count, silent)
+            return self._error_reply(ename, evalue, count, silent)
 
     async def _run_magic_lines(self, lines: list[str], cell_body: str) -> bool:
         """Run %magic lines in order; True if a cell magic consumed the body."""
@@ -409,7 +407,7 @@ class MicroPythonKernel(IPythonKernel):
         if result.reset and not result.error:
             what = "soft reset" if result.reset == "soft" else "reset"
             evalue = f"the board rebooted ({what}) while the cell ran: its variables and imports are gone"
-            return self._error_reply("BoardReset", evalue, [f"BoardReset: {evalue}"], count, silent)
+            return self._error_reply("BoardReset", evalue, count, silent)
         error = result.error
         assert error is not None
         lines = ["Traceback (most recent call last):"] if error.frames else []
@@ -422,11 +420,12 @@ class MicroPythonKernel(IPythonKernel):
         if result.interrupted:
             evalue = evalue or f"interrupted ({result.interrupted.step}, {result.interrupted.seconds:.2f} s)"
         lines.append(f"{error.type}: {evalue}" if evalue else error.type)
-        return self._error_reply(error.type, evalue, lines, count, silent)
+        return self._error_reply(error.type, evalue, count, silent, lines)
 
-    def _error_reply(self, ename: str, evalue: str, traceback: list[str], count: int,
-                     silent: bool) -> dict[str, Any]:
-        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
+    def _error_reply(self, ename: str, evalue: str, count: int, silent: bool,
+                     traceback: list[str] | None = None) -> dict[str, Any]:
+        """An error reply (and its iopub error message); the traceback defaults to one line."""
+        content = {"ename": ename, "evalue": evalue, "traceback": traceback or [f"{ename}: {evalue}"]}
         if not silent:
             self.session.send(self.iopub_socket, "error", content, parent=self.get_parent("shell"),
                               ident=iopub_topic(self, "error"))
