@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,14 @@ from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer, output_
 PROFILE_ENV = "EDGEKERNEL_PROFILE"
 KEEP_OUTPUT_BYTES = 64 << 20  # the latest board output kept in memory for %output
 T = TypeVar("T")
+
+
+@dataclass
+class CellContext:
+    """The cell being run: what a cell magic needs to run its body as this cell."""
+    count: int
+    silent: bool
+    allow_stdin: bool
 
 
 def answers_always(fault_reply: Any) -> Any:
@@ -155,6 +164,7 @@ class MicroPythonKernel(IPythonKernel):
         self.pending_payload: list[dict[str, Any]] = []  # e.g. set_next_input from %fetchfile --load
         self._input_cancelled = threading.Event()
         self._request: tuple[Any, dict[str, Any] | None, bool] = (None, None, False)  # ident, parent, allow_stdin
+        self.current_cell = CellContext(0, True, False)
         if self.shell is not None:
             self.shell.user_ns["board"] = BoardHandle(self)
 
@@ -280,12 +290,15 @@ class MicroPythonKernel(IPythonKernel):
         if store_history:
             self.shell.execution_count += 1
 
+        self.current_cell = CellContext(count, silent, allow_stdin)
+
         async def board_cell() -> dict[str, Any] | None:
             body = rest
-            if await self._run_magic_lines(magic_lines, rest):
-                body = ""
+            consumed, reply = await self._run_magic_lines(magic_lines, rest)
+            if consumed:
+                return reply
             if body.strip():
-                return await self._execute_on_board(body, silent, allow_stdin, count)
+                return await self.execute_on_board(body, silent, allow_stdin, count)
             return None
 
         self.pending_payload = []
@@ -318,24 +331,41 @@ class MicroPythonKernel(IPythonKernel):
             ename, evalue = host_fault(exc)
             return self._error_reply(ename, evalue, count, silent)
 
-    async def _run_magic_lines(self, lines: list[str], cell_body: str) -> bool:
-        """Run %magic lines in order; True if a cell magic consumed the body."""
-        consumed = False
+    async def _run_magic_lines(self, lines: list[str], cell_body: str) -> tuple[bool, dict[str, Any] | None]:
+        """Run %magic lines in order. Returns (a cell magic consumed the body, the reply it made).
+
+        A magic whose handler is a coroutine function runs on the event loop and makes the
+        cell's reply itself (e.g. %%plot runs its body with `run_board_cell`); the others run
+        on the board worker (or at once when host_only).
+        """
+        consumed, reply = False, None
         for line in lines:
             word, _, arg_text = line.partition(" ")
             magic = magics.lookup(word[1:])
             if magic is None:
                 raise MagicError(f"unknown magic {word} (%lsmagic lists them)")
             args = magic.parser.parse_line(arg_text)
-            if magic.host_only:
+            if inspect.iscoroutinefunction(magic.handler):
+                reply = await magic.handler(self, args, cell_body)
+            elif magic.host_only:
                 magic.handler(self, args, cell_body)
             else:
                 self.check_board_free()   # refused at once, not queued behind a %%bg job
                 await self.on_board(functools.partial(magic.handler, self, args, cell_body))
             consumed = consumed or magic.is_cell
-        return consumed
+        return consumed, reply
 
-    async def _execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int) -> dict[str, Any]:
+    async def run_board_cell(self, code: str, *, observe: Callable[[bytes], None] | None = None) -> dict[str, Any]:
+        """Run `code` on the board as the current cell (for cell magics that wrap a board cell)."""
+        cell = self.current_cell
+        return await self.execute_on_board(code, cell.silent, cell.allow_stdin, cell.count, observe=observe)
+
+    async def execute_on_board(self, code: str, silent: bool, allow_stdin: bool, count: int, *,
+                               observe: Callable[[bytes], None] | None = None) -> dict[str, Any]:
+        """Run `code` as a board cell of this request: output streamed to the page, Out[count], errors.
+
+        `observe` sees every byte the board prints (on the board worker), e.g. %%plot's parser.
+        """
         loop = asyncio.get_running_loop()
         self.check_board_free()
         ident, parent = current_request(self)
@@ -362,6 +392,8 @@ class MicroPythonKernel(IPythonKernel):
                 del collected[:-KEEP_OUTPUT_BYTES]   # the session log keeps every byte
             if not silent:
                 out.feed(data)
+            if observe is not None:
+                observe(data)
 
         def on_input(prompt: str) -> str | None:
             if not allow_stdin:
