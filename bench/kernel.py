@@ -29,9 +29,15 @@ from edgekernel.emulator import start_board
 HERE = Path(__file__).resolve().parent
 
 
+FLOORS = {"floor": "bench-nothing", "floor+Out": "bench-nothing-out", "IPython floor+Out": "bench-nothing-ipython-out"}
+
+
 def make_specs(root: Path) -> None:
     specs = {
         "bench-nothing": [sys.executable, str(HERE / "nothing_kernel.py"), "-f", "{connection_file}"],
+        "bench-nothing-out": [sys.executable, str(HERE / "nothing_kernel.py"), "--out", "-f", "{connection_file}"],
+        "bench-nothing-ipython-out": [sys.executable, str(HERE / "nothing_kernel.py"), "--out", "--ipython",
+                                      "-f", "{connection_file}"],
         "bench-edgekernel": [sys.executable, "-m", "edgekernel.kernel", "-f", "{connection_file}"],
         "bench-anchor": [sys.executable, "-m", "jupyter_micropython_kernel", "-f", "{connection_file}"],
     }
@@ -123,8 +129,12 @@ def compare_on_link(link: str, board_options: dict, runs: int, with_anchor: bool
     kernel on its own emulated board of the same kind, measured in turns."""
     rows: dict[str, dict[str, object]] = {}
     with ExitStack() as stack:
-        kernels: dict[str, Kernel] = {"floor": stack.enter_context(closing(Kernel("bench-nothing")))}
-        rows["floor"] = {"start_s": kernels["floor"].start_seconds}
+        kernels: dict[str, Kernel] = {}
+        # The floor, then the floor that also shows Out[n], then that on IPythonKernel (edgekernel's base):
+        # where edgekernel's time goes that is not its own.
+        for name, spec in FLOORS.items():
+            kernels[name] = stack.enter_context(closing(Kernel(spec)))
+            rows[name] = {"start_s": kernels[name].start_seconds}
         board_kernels = {"edgekernel": ("bench-edgekernel", "%serialconnect --port {port}")}
         if with_anchor:
             board_kernels["anchor"] = ("bench-anchor", "%serialconnect --port={port} --baud=115200")
@@ -139,10 +149,11 @@ def compare_on_link(link: str, board_options: dict, runs: int, with_anchor: bool
         for name, row in rows.items():
             row["rt_median_ms"] = statistics.median(times[name]) * 1000
             row["rt_p99_ms"] = percentile(times[name], 0.99) * 1000
-        rows["edgekernel"]["vs_floor"] = paired_ratio(times["edgekernel"], times["floor"])
+        for floor in FLOORS:
+            rows["edgekernel"]["vs_" + floor] = paired_ratio(times["edgekernel"], times[floor])
         if with_anchor:
             rows["edgekernel"]["vs_anchor"] = paired_ratio(times["edgekernel"], times["anchor"])
-        board_names = [n for n in kernels if n != "floor"]
+        board_names = [n for n in kernels if n not in FLOORS]
         prints: dict[str, list[tuple[float, int, bool]]] = {n: [] for n in board_names}
         busy: dict[str, list[float]] = {n: [] for n in board_names}
         flood: dict[str, list[float]] = {n: [] for n in board_names}
@@ -193,7 +204,8 @@ def main() -> int:
     for link, rows in results.items():
         ek = rows["edgekernel"]
         print(f"[{link}] edgekernel 1+1 / do-nothing kernel, paired in turns: {ek['vs_floor']:.2f}x "
-              f"(target <= 1.15x unthrottled, with Out[n])")
+              f"(target <= 1.15x unthrottled, with Out[n]); / do-nothing kernel showing Out[n]: "
+              f"{ek['vs_floor+Out']:.2f}x; / do-nothing IPythonKernel showing Out[n]: {ek['vs_IPython floor+Out']:.2f}x")
         if "anchor" in rows:
             an = rows["anchor"]
             print(f"[{link}] edgekernel 1+1 / anchor, paired in turns: {ek['vs_anchor']:.2f}x (target <= 1.0x)")

@@ -39,3 +39,12 @@ def let_ipython_read_stdin(kernel: Any, allowed: bool) -> None:
     """Why: IPython's getpass()/input() in %%local cells ask ipykernel, which checks this flag
     (IPythonKernel.do_execute sets it for its own cells; our board cells bypass it)."""
     kernel._allow_stdin = allowed
+
+
+def pause_before_reply(kernel: Any, host_python: bool) -> None:
+    """Why: after every cell ipykernel sleeps 0.5 ms before the reply (`_execute_sleep`, a
+    configurable trait) so that host Python's sys.stdout has flushed. A board cell's output
+    is sent as messages before do_execute returns, so it has nothing to wait for; %%local
+    cells (host Python) keep the pause."""
+    default = type(kernel).class_traits()["_execute_sleep"].default_value
+    kernel._execute_sleep = default if host_python else 0.0

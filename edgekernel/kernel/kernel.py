@@ -33,7 +33,7 @@ from . import connect_magics, file_magics, session_magics, toolchain_magics  # n
 from . import introspect
 from .background import BackgroundJob
 from .connection import Connection
-from .ipykernel_adapter import current_request, iopub_topic, let_ipython_read_stdin, shell_is_busy
+from .ipykernel_adapter import current_request, iopub_topic, let_ipython_read_stdin, pause_before_reply, shell_is_busy
 from .magics import REGISTRY as magics
 from .magics import HostError, MagicError, MagicHelp, split_leading_magics
 from .output import FLUSH_INTERVAL, MAX_FLUSH_INTERVAL, StreamCoalescer, output_limit_from_env
@@ -274,7 +274,9 @@ class MicroPythonKernel(IPythonKernel):
         ident, parent = current_request(self)
         self._request = (ident, None if silent else parent, allow_stdin)
         magic_lines, rest = split_leading_magics(code, magics.body_magics)
-        if magic_lines and magic_lines[-1].split()[0] == "%%local":
+        host_python = bool(magic_lines) and magic_lines[-1].split()[0] == "%%local"
+        pause_before_reply(self, host_python)
+        if host_python:
             # Host IPython cell: counts, history and errors as IPython does them.
             count = self.shell.execution_count
 
