@@ -38,10 +38,7 @@ class Gateways:
 
     def kernel_pids(self, pi: str) -> set[int]:
         """Processes in the Pi's namespace other than sshd and the emulated board's."""
-        board = set()
-        if self.lab.board is not None and pi == "pi1":
-            from kernel_fixtures import descendants
-            board = {self.lab.board.pid} | descendants(self.lab.board.pid)
+        board = self.lab.board_pids(pi)
         found = set()
         for pid in self.lab.pis[pi].netns_pids() - board:
             try:

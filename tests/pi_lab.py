@@ -1,17 +1,25 @@
-"""Two simulated Raspberry Pis for the gateway tests and bench/gateway.py (needs root).
+"""Simulated Raspberry Pis for the gateway and classroom tests and benchmarks (needs root).
 
 Each "Pi" is a network namespace on a bridge (veth pair), running its own sshd with key-only login
 (host key, client key, known_hosts and configs all in a temp dir). The laptop is the root namespace.
 Each Pi has its own EDGEKERNEL_RUNTIME_DIR / JUPYTER_RUNTIME_DIR (set by its sshd), because the
 namespaces share one filesystem; and sees this checkout of edgekernel (PYTHONPATH set by its sshd).
-pi1 has an emulated board (`edgekernel board --advertise`) started inside its namespace.
+Emulated boards (`edgekernel board --advertise`) run inside the Pis' namespaces: by default one on
+pi1 (of two Pis); `PiLab(root, pis=10, boards=3)` gives ten Pis with three boards each.
 
-Everything is stopped by PID and removed in `PiLab.down()`, which asserts that nothing is left.
+Every run takes its own names (a random tag in every bridge, veth and namespace name) and its own
+/24 subnet, chosen under a machine-wide lock among those no interface or route uses, so two runs on
+one machine never collide. A run records what it made in /run/edgekernel-pilab/TAG.json; `up()`
+first removes, by name, what runs whose process died left behind. `down()` stops everything by PID,
+removes the namespaces and links by name, and asserts that nothing was left running.
 """
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -27,6 +35,7 @@ from edgekernel.processes import alive, wait_gone
 
 REPO = str(Path(edgekernel.__file__).resolve().parent.parent)
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+STATE_DIR = Path("/run/edgekernel-pilab")   # one JSON file per live lab: what it made, and its owner's PID
 
 
 def lab_unavailable_reason() -> str | None:
@@ -76,43 +85,151 @@ class Pi:
         return {int(p) for p in out.split() if alive(int(p))}
 
 
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network an interface address or a route on this machine is in."""
+    used = []
+    for args in (["ip", "-4", "-o", "addr"], ["ip", "-4", "route"]):
+        for word in subprocess.run(args, capture_output=True, text=True).stdout.split():
+            if "/" not in word:
+                continue
+            try:
+                used.append(ipaddress.IPv4Network(word, strict=False))
+            except ValueError:
+                continue
+    return used
+
+
+def _lab_lock():
+    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+    f = open(STATE_DIR / ".lock", "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def remove_by_name(state: dict) -> list[str]:
+    """Remove a lab's namespaces (killing what runs in them) and links, by the names it recorded."""
+    killed = []
+    for netns in state.get("netns", []):
+        out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout
+        for pid in (int(p) for p in out.split()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{pid} {cmdline(pid)}")
+            except OSError:
+                pass
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+    for link in state.get("links", []):
+        subprocess.run(["ip", "link", "del", link], capture_output=True)
+    return killed
+
+
+def sweep_dead_labs() -> list[str]:
+    """Remove what labs of dead processes left behind; returns their tags."""
+    swept = []
+    with _lab_lock():
+        for path in STATE_DIR.glob("*.json"):
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not alive(int(state.get("owner", 0))):
+                remove_by_name(state)
+                path.unlink(missing_ok=True)
+                swept.append(path.stem)
+    return swept
+
+
 @dataclass
 class PiLab:
     root: Path
-    tag: str = field(default_factory=lambda: secrets.token_hex(2))
-    subnet: str = "10.231"
+    pis_count: int = 2
+    boards: int | dict[str, int] = field(default_factory=lambda: {"pi1": 1})  # per Pi, or N on every Pi
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    subnet: str = ""               # "10.X.Y", chosen in up()
     pis: dict[str, Pi] = field(default_factory=dict)
-    board: subprocess.Popen | None = None
-    board_port: str = ""
+    board_procs: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
+    board_ports: dict[str, list[str]] = field(default_factory=dict)
     ssh_config: Path | None = None
 
     @property
     def bridge(self) -> str:
-        return f"ekbr{self.tag}"
+        return f"ekb{self.tag}"
 
     def _veth(self, i: int) -> str:
         return f"ekv{self.tag}{i}"
 
+    @property
+    def gateway_address(self) -> str:
+        """The laptop's address on the lab's network (the bridge)."""
+        return f"{self.subnet}.1"
+
+    @property
+    def board(self) -> subprocess.Popen | None:
+        """pi1's first emulated board (what the two-Pi gateway tests use)."""
+        procs = self.board_procs.get("pi1") or []
+        return procs[0] if procs else None
+
+    @property
+    def board_port(self) -> str:
+        ports = self.board_ports.get("pi1") or []
+        return ports[0] if ports else ""
+
+    def boards_on(self, pi: str) -> int:
+        return self.boards if isinstance(self.boards, int) else self.boards.get(pi, 0)
+
+    def board_pids(self, pi: str) -> set[int]:
+        """The emulated boards' processes on a Pi (and their children)."""
+        from edgekernel.processes import descendants
+        found: set[int] = set()
+        for proc in self.board_procs.get(pi, []):
+            found |= {proc.pid} | descendants(proc.pid)
+        return found
+
+    def _state(self) -> dict:
+        return {"owner": os.getpid(), "subnet": self.subnet, "root": str(self.root),
+                "netns": [pi.netns for pi in self.pis.values()],
+                "links": [self.bridge] + [self._veth(i) for i in range(1, len(self.pis) + 1)]}
+
     # -- up -------------------------------------------------------------------------------------
 
     def up(self) -> "PiLab":
+        sweep_dead_labs()
         try:
-            self._network()
+            with _lab_lock():   # the subnet check and the bridge taking it are one step for other runs
+                self._choose_subnet()
+                self._network()
             self._keys_and_sshd()
-            self._start_board()
+            self._start_boards()
         except BaseException:
             self.down()
             raise
         return self
 
+    def _choose_subnet(self) -> None:
+        used = _used_networks()
+        for path in STATE_DIR.glob("*.json"):   # labs being built right now have no address yet
+            try:
+                used.append(ipaddress.IPv4Network(json.loads(path.read_text())["subnet"] + ".0/24"))
+            except (OSError, ValueError, KeyError):
+                pass
+        for _ in range(1000):
+            candidate = f"10.{random.randint(64, 254)}.{random.randint(0, 255)}"
+            network = ipaddress.IPv4Network(candidate + ".0/24")
+            if not any(network.overlaps(u) for u in used):
+                self.subnet = candidate
+                return
+        raise RuntimeError("no free 10.x.y.0/24 subnet for the simulated Pis")
+
     def _network(self) -> None:
+        for i in range(1, self.pis_count + 1):
+            name = f"pi{i}"
+            self.pis[name] = Pi(name, f"ek{self.tag}{name}", f"{self.subnet}.{10 + i}", self.root / name / "run")
+        (STATE_DIR / f"{self.tag}.json").write_text(json.dumps(self._state()))   # before anything exists
         _run("ip", "link", "add", self.bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{self.subnet}.0.1/24", "dev", self.bridge)
+        _run("ip", "addr", "add", f"{self.gateway_address}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
-        for i, name in enumerate(("pi1", "pi2"), start=1):
-            netns = f"ek{self.tag}{name}"
-            pi = Pi(name, netns, f"{self.subnet}.0.{10 + i}", self.root / name / "run")
-            self.pis[name] = pi
+        for i, pi in enumerate(self.pis.values(), start=1):
+            netns = pi.netns
             _run("ip", "netns", "add", netns)
             outer, inner = self._veth(i), f"ekv{self.tag}{i}p"
             _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
@@ -146,7 +263,7 @@ class PiLab:
                 f"ListenAddress {pi.address}\nPort 22\nHostKey {d / 'host_ed25519'}\nPidFile {d / 'sshd.pid'}\n"
                 f"AuthorizedKeysFile {client / 'authorized_keys'}\nPubkeyAuthentication yes\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-                "StrictModes no\nUsePAM no\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n"
+                "StrictModes no\nUsePAM no\nMaxSessions 200\nMaxStartups 100\nLogLevel ERROR\n"
                 f"SetEnv {env}\n")
             pi.sshd = subprocess.Popen(["ip", "netns", "exec", pi.netns, SSHD, "-D", "-e", "-f",
                                         str(d / "sshd_config")], stdin=subprocess.DEVNULL,
@@ -155,9 +272,9 @@ class PiLab:
         (client / "known_hosts").write_text("\n".join(known) + "\n")
         (client / "empty_known_hosts").write_text("")
         # Aliases for the error tests: an unknown host key, and an address where nothing answers.
-        pi2 = self.pis["pi2"]
-        config.append(f"Host pi-unknown-key\n  HostName {pi2.address}\n  UserKnownHostsFile {client / 'empty_known_hosts'}\n")
-        config.append(f"Host pi-off\n  HostName {self.subnet}.0.99\n  ConnectTimeout 3\n")
+        last = list(self.pis.values())[-1]
+        config.append(f"Host pi-unknown-key\n  HostName {last.address}\n  UserKnownHostsFile {client / 'empty_known_hosts'}\n")
+        config.append(f"Host pi-off\n  HostName {self.subnet}.99\n  ConnectTimeout 3\n")
         config.append(f"Host *\n  User root\n  IdentityFile {client / 'id_ed25519'}\n  IdentitiesOnly yes\n"
                       f"  UserKnownHostsFile {client / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
                       "  LogLevel ERROR\n")
@@ -178,17 +295,22 @@ class PiLab:
                     raise RuntimeError(f"sshd on {address} did not start")
                 time.sleep(0.05)
 
-    def _start_board(self) -> None:
-        pi1 = self.pis["pi1"]
-        env = dict(os.environ, PYTHONPATH=REPO, EDGEKERNEL_RUNTIME_DIR=str(pi1.runtime))
-        self.board = subprocess.Popen(
-            ["ip", "netns", "exec", pi1.netns, sys.executable, "-m", "edgekernel", "board", "--emulator", "unix",
-             "--advertise", "--json", "--watch-stdin"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        line = self.board.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulated board on pi1 did not start")
-        self.board_port = json.loads(line)["port"]
+    def _start_boards(self) -> None:
+        started = []
+        for pi in self.pis.values():   # all at once: each is a Python process that takes a moment
+            env = dict(os.environ, PYTHONPATH=REPO, EDGEKERNEL_RUNTIME_DIR=str(pi.runtime))
+            for _ in range(self.boards_on(pi.name)):
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", pi.netns, sys.executable, "-m", "edgekernel", "board", "--emulator",
+                     "unix", "--advertise", "--json", "--watch-stdin"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                self.board_procs.setdefault(pi.name, []).append(proc)
+                started.append((pi.name, proc))
+        for name, proc in started:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"an emulated board on {name} did not start")
+            self.board_ports.setdefault(name, []).append(json.loads(line)["port"])
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -197,18 +319,27 @@ class PiLab:
         return subprocess.run(["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", host, command],
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
-    def stop_board(self) -> None:
-        if self.board is not None:
+    def stop_boards(self) -> None:
+        procs = [p for ps in self.board_procs.values() for p in ps]
+        for proc in procs:
             try:
-                self.board.stdin.close()
+                proc.stdin.close()
             except OSError:
                 pass
+        for proc in procs:
             try:
-                self.board.wait(15)
+                proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.board.kill()
-                self.board.wait()
-            self.board = None
+                proc.kill()
+                proc.wait()
+        self.board_procs = {}
+
+    stop_board = stop_boards
+
+    def set_link(self, pi: str, up: bool) -> None:
+        """Plug a Pi's network cable in or out (its veth on the bridge)."""
+        index = list(self.pis).index(pi) + 1
+        _run("ip", "link", "set", self._veth(index), "up" if up else "down")
 
     # -- down -------------------------------------------------------------------------------------
 
@@ -225,7 +356,7 @@ class PiLab:
                     if wait_gone({pid}, 15):
                         leftovers.append(f"ssh master {pid}")
                         os.kill(pid, signal.SIGKILL)
-        self.stop_board()
+        self.stop_boards()
         for pi in self.pis.values():
             if pi.sshd is not None:
                 pi.sshd.terminate()
@@ -241,9 +372,8 @@ class PiLab:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            subprocess.run(["ip", "netns", "del", pi.netns], capture_output=True)
-        for i in range(1, len(self.pis) + 1):
-            subprocess.run(["ip", "link", "del", self._veth(i)], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        # By name: the namespaces (anything still in them is killed), the veths and the bridge.
+        leftovers += [f"by name: {p}" for p in remove_by_name(self._state())]
+        (STATE_DIR / f"{self.tag}.json").unlink(missing_ok=True)
         if leftovers:
             raise AssertionError(f"processes left in the simulated Pis: {'; '.join(leftovers)}")

@@ -27,6 +27,10 @@ from pi_lab import REPO, wait_gone
 pytestmark = pytest.mark.timeout(300)
 
 
+def pi_address(gateways, pi: str) -> str:
+    return gateways.lab.pis[pi].address
+
+
 def kernel_files(gateways) -> dict:
     return json.loads((gateways.data_dir / "kernels" / gateways.board_kernel / "kernel.json").read_text())
 
@@ -97,7 +101,7 @@ def test_unplugged_board_is_a_clear_error(gateways, kernels):
 
 def test_board_kernel_runs_on_pi1_and_its_board(gateways, kernels):
     km, kc = kernels.start(gateways.board_kernel)
-    assert "10.231.0.11/24" in where(kc, board=True)     # host side of the kernel: on pi1
+    assert f"{pi_address(gateways, 'pi1')}/24" in where(kc, board=True)     # host side of the kernel: on pi1
     cell = execute(kc, "import sys\nprint(sys.platform, sys.implementation.name)")
     assert cell.status == "ok" and "linux micropython" in cell.stdout   # board side: the emulated board
     assert execute(kc, "1+1").result == "2"
@@ -112,8 +116,9 @@ def test_python_kernel_goes_to_the_least_loaded_pi_in_turn(gateways, kernels):
     km1, kc1 = kernels.start(gateways.any_pi_kernel)
     km2, kc2 = kernels.start(gateways.any_pi_kernel)
     first, second = where(kc1), where(kc2)
-    assert {("10.231.0.11/24" in first), ("10.231.0.11/24" in second)} == {True, False}
-    assert {("10.231.0.12/24" in first), ("10.231.0.12/24" in second)} == {True, False}
+    pi1, pi2 = f"{pi_address(gateways, 'pi1')}/24", f"{pi_address(gateways, 'pi2')}/24"
+    assert {(pi1 in first), (pi1 in second)} == {True, False}
+    assert {(pi2 in first), (pi2 in second)} == {True, False}
     kernels.stop(km1, kc1)
     kernels.stop(km2, kc2)
     # Equal loads: consecutive kernels take the Pis in turn.
@@ -223,12 +228,11 @@ def test_dead_ssh_connection_ends_the_kernel_on_the_pi(gateways, kernels):
     name = gateways.variant(gateways.any_pi_kernel, "fast-heartbeat", heartbeat_interval=0.5, hosts=["pi2"])
     km, kc = kernels.start(name)
     remote_pid = km.provisioner.remote_pid
-    veth = gateways.lab._veth(2)
-    subprocess.run(["ip", "link", "set", veth, "down"], check=True)   # the network dies silently
+    gateways.lab.set_link("pi2", up=False)   # the network dies silently
     try:
         assert not wait_gone({remote_pid}, 30), "the kernel outlived its dead SSH connection"
     finally:
-        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        gateways.lab.set_link("pi2", up=True)
     kernels.stop(km, kc)
     # The laptop side crashing (its ssh session killed) ends the kernel on the Pi too.
     km, kc = kernels.start(gateways.any_pi_kernel)
@@ -248,7 +252,7 @@ def test_nbclient_runs_a_notebook_on_a_pi(gateways, kernels):
                 nbformat.v4.new_code_cell("6*7")]
     NotebookClient(nb, kernel_name=gateways.board_kernel, timeout=60, startup_timeout=60).execute()
     assert nb.cells[0].outputs[-1]["text"].strip().endswith("micropython")
-    assert "10.231.0.11/24" in nb.cells[1].outputs[-1]["text"]
+    assert f"{pi_address(gateways, 'pi1')}/24" in nb.cells[1].outputs[-1]["text"]
     assert nb.cells[2].outputs[0]["data"]["text/plain"] == "42"
     assert not wait_gone(gateways.kernel_pids("pi1"), 15)
 
@@ -411,7 +415,7 @@ def test_kernel_gateway_on_a_pi_through_an_ssh_tunnel(gateways, tmp_path):
         assert cell["status"] == "ok" and "micropython" in cell["stdout"], cell
         here = _ws_execute(base, kernel["id"], token, "%%local\nimport subprocess\n"
                            "print(subprocess.run(['ip','-4','-o','addr'],capture_output=True,text=True).stdout)")
-        assert "10.231.0.11/24" in here["stdout"], here
+        assert f"{pi1.address}/24" in here["stdout"], here
         assert _http(f"http://{base}/api/kernels/{kernel['id']}/interrupt", token, "POST", {})[0] == 204
         assert _http(f"http://{base}/api/kernels/{kernel['id']}", token, "DELETE")[0] == 204
         assert _http(f"http://{base}/api/kernels/{kernel['id']}", token)[0] == 404
@@ -438,7 +442,8 @@ def test_a_jupyter_server_on_the_laptop_serves_pi_kernels(gateways, tmp_path):
         assert status == 201, status
         cell = _ws_execute(base, kernel["id"], token, "import subprocess\n"
                            "print(subprocess.run(['ip','-4','-o','addr'],capture_output=True,text=True).stdout)")
-        assert "10.231.0.1" in cell["stdout"] and "10.231.0.1/24" not in cell["stdout"], cell  # on a Pi
+        on_a_pi = [pi.address for pi in gateways.lab.pis.values() if f"{pi.address}/24" in cell["stdout"]]
+        assert len(on_a_pi) == 1 and f"{gateways.lab.gateway_address}/24" not in cell["stdout"], cell
         assert _http(f"http://{base}/api/kernels/{kernel['id']}/restart", token, "POST", {})[0] == 200
         assert _ws_execute(base, kernel["id"], token, "1+1")["result"] == "2"
         # Nagle off on the server's end of a kernel WebSocket (tornado turns it on again after the
@@ -534,7 +539,7 @@ def test_jupyter_run_from_another_process(gateways, kernels, tmp_path):
     run = subprocess.run([sys.executable, "-m", "jupyter_client.runapp", f"--kernel={gateways.any_pi_kernel}",
                           str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "10.231.0.11/24" in run.stdout or "10.231.0.12/24" in run.stdout, run.stdout
+    assert any(f"{pi.address}/24" in run.stdout for pi in gateways.lab.pis.values()), run.stdout
     km, kc = kernels.start(gateways.board_kernel)
     holding = gateways.kernel_pids("pi1")   # the board kernel and its keeper
     board_script = tmp_path / "board.py"
