@@ -23,6 +23,8 @@ class Gateways:
     data_dir: Path
     board_kernel: str       # kernelspec of pi1's emulated board
     any_pi_kernel: str      # Python 3 on any Pi
+    board2_kernel: str = ""           # kernelspec of pi2's emulated board
+    any_board_kernel: str = "edgekernel-any-free-board"
 
     def variant(self, base: str, name: str, **config: Any) -> str:
         """Install a copy of kernelspec `base` with provisioner config overrides; returns its name."""
@@ -59,7 +61,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     settings = {"JUPYTER_DATA_DIR": str(root / "laptop-data"), "JUPYTER_RUNTIME_DIR": str(root / "laptop-runtime"),
                 "JUPYTER_PATH": str(root / "laptop-data"), "JUPYTER_CONFIG_DIR": str(root / "laptop-config"),
                 "IPYTHONDIR": str(root / "laptop-ipython")}
-    lab = PiLab(root / "lab")
+    lab = PiLab(root / "lab", boards={"pi1": 1, "pi2": 1})
     (root / "lab").mkdir()
     with pytest.MonkeyPatch.context() as mp:
         for key, value in settings.items():
@@ -70,7 +72,8 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
             for pi in ("pi1", "pi2"):
                 assert main(["gateway", "add", pi, "--ssh", pi, "--ssh-config", str(lab.ssh_config)]) == 0
             board_kernel = "edgekernel-pi1-" + lab.board_port.removeprefix("/dev/").replace("/", "-")
-            yield Gateways(lab, root / "laptop-data", board_kernel, "edgekernel-python-any-pi")
+            board2_kernel = "edgekernel-pi2-" + lab.board_ports["pi2"][0].removeprefix("/dev/").replace("/", "-")
+            yield Gateways(lab, root / "laptop-data", board_kernel, "edgekernel-python-any-pi", board2_kernel)
         finally:
             lab.down()
 

@@ -68,6 +68,13 @@ def cmdline(pid: int) -> str:
         return "?"
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Pi:
     name: str
@@ -264,6 +271,8 @@ class PiLab:
                 f"AuthorizedKeysFile {client / 'authorized_keys'}\nPubkeyAuthentication yes\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
                 "StrictModes no\nUsePAM no\nMaxSessions 200\nMaxStartups 100\nLogLevel ERROR\n"
+                # A client whose network died (a test pulls a Pi's cable) is dropped after 15 s.
+                "ClientAliveInterval 5\nClientAliveCountMax 3\n"
                 f"SetEnv {env}\n")
             pi.sshd = subprocess.Popen(["ip", "netns", "exec", pi.netns, SSHD, "-D", "-e", "-f",
                                         str(d / "sshd_config")], stdin=subprocess.DEVNULL,
@@ -365,6 +374,14 @@ class PiLab:
                 except subprocess.TimeoutExpired:
                     pi.sshd.kill()
                     pi.sshd.wait()
+            # sshd's per-connection processes do not end with the listener: end them (they are the
+            # lab's, not the product's; a connection whose network was pulled would wait for its timeout).
+            for pid in pi.netns_pids():
+                if _comm(pid) == "sshd":
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except OSError:
+                        pass
             left = wait_gone(pi.netns_pids(), 10)
             for pid in left:
                 leftovers.append(f"{pi.name}: {pid} {cmdline(pid)}")

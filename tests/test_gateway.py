@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,7 +51,12 @@ def test_gateway_add_writes_pinned_board_and_any_pi_kernelspecs(gateways, capsys
     assert main(["gateway", "list", "--json"]) == 0
     listed = {g["name"]: g for g in json.loads(capsys.readouterr().out)}
     assert [b["device"] for b in listed["pi1"]["boards"]] == [gateways.lab.board_port]
-    assert listed["pi2"]["boards"] == [] and listed["pi1"]["kernels"] == [gateways.board_kernel]
+    assert [b["device"] for b in listed["pi2"]["boards"]] == gateways.lab.board_ports["pi2"]
+    assert listed["pi1"]["kernels"] == [gateways.board_kernel]
+    any_board = json.loads((gateways.data_dir / "kernels" / gateways.any_board_kernel / "kernel.json").read_text())
+    assert any_board["display_name"] == "MicroPython on any free board"
+    assert [(b["host"], b["board"]) for b in any_board["metadata"]["kernel_provisioner"]["config"]["boards"]] == \
+        [("pi1", gateways.lab.board_port), ("pi2", gateways.lab.board_ports["pi2"][0])]
 
     # A third name for pi2, then removed: the any-Pi kernel follows the registry.
     assert main(["gateway", "add", "spare", "--ssh", "pi2", "--ssh-config", str(gateways.lab.ssh_config)]) == 0
@@ -164,6 +170,75 @@ def test_restart_keeps_clients_and_leaves_nothing_on_the_pi(gateways, kernels):
     status = gateways.lab.ssh("pi1", "python3 -m edgekernel.gateway.remote status")
     assert json.loads(status.stdout)["kernels"] == 0
     assert not wait_gone(gateways.kernel_pids("pi1"), 10)
+
+
+def _status(capsys) -> dict:
+    capsys.readouterr()
+    assert main(["gateway", "status", "--json"]) == 0
+    return {pi["name"]: pi for pi in json.loads(capsys.readouterr().out)}
+
+
+def test_any_free_board_takes_the_free_boards_then_says_none_is_left(gateways, kernels, capsys, monkeypatch):
+    from jupyter_client import KernelManager
+    monkeypatch.setenv("JUPYTERHUB_USER", "alice")   # as in a hub user's single-user server
+    # Two starts at once: both ask the Pis, may pick the same board, and the board's lock decides.
+    started: list = []
+    threads = [threading.Thread(target=lambda: started.append(kernels.start(gateways.any_board_kernel)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(started) == 2
+    held = {(km.provisioner.host.destination, km.provisioner.held_board) for km, _ in started}
+    assert held == {("pi1", gateways.lab.board_port), ("pi2", gateways.lab.board_ports["pi2"][0])}
+    for km, kc in started:
+        cell = execute(kc, "import sys\nprint(sys.implementation.name, 6 * 7)")
+        assert cell.status == "ok" and "micropython 42" in cell.stdout, cell
+        here = where(kc, board=True)
+        assert f"{pi_address(gateways, km.provisioner.host.destination)}/24" in here
+    with pytest.raises(Exception, match=r"no free board: all 2 boards on 2 Pis are in use; see who holds them "
+                                        r"with 'edgekernel gateway status'"):
+        KernelManager(kernel_name=gateways.any_board_kernel).start_kernel()
+    # Who holds them, read from the Pis.
+    status = _status(capsys)
+    ids = {km.kernel_id for km, _ in started}
+    holders = [b["holder"] for pi in ("pi1", "pi2") for b in status[pi]["boards"]]
+    assert {h["kernel_id"] for h in holders} == ids and {h["user"] for h in holders} == {"alice"}
+    assert all(time.time() - 300 < h["started"] <= time.time() for h in holders)
+    assert main(["gateway", "status"]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 2 boards free" in text and all(f"alice        kernel {i}" in text for i in ids), text
+    # One shut down: its board is free again, and the next start takes it.
+    km, kc = started[0]
+    board = km.provisioner.held_board
+    kernels.stop(km, kc)
+    assert "1 of 2 boards free" in (main(["gateway", "status"]), capsys.readouterr().out)[1]
+    km, _ = kernels.start(gateways.any_board_kernel)
+    assert km.provisioner.held_board == board
+
+
+def test_a_pi_that_is_down_is_skipped_and_used_again_when_back(gateways, kernels, capsys):
+    from jupyter_client import KernelManager
+    gateways.lab.set_link("pi2", up=False)   # pi2's cable pulled
+    try:
+        km, kc = kernels.start(gateways.any_board_kernel)
+        assert km.provisioner.host.destination == "pi1"
+        assert execute(kc, "1+1").result == "2"
+        with pytest.raises(Exception, match=r"no free board: every board on the Pis that answered is in use, "
+                                            r"and 1 of the 2 Pis did not answer \(.*pi2.*\); see who holds them"):
+            KernelManager(kernel_name=gateways.any_board_kernel).start_kernel()
+        with pytest.raises(Exception, match=r"(cannot reach pi2 over SSH|pi2 did not answer).*check the Pi"):
+            KernelManager(kernel_name=gateways.board2_kernel).start_kernel()
+        status = _status(capsys)
+        assert not status["pi2"]["reachable"] and "pi2" in status["pi2"]["error"]
+        assert status["pi1"]["boards"][0]["holder"]["kernel_id"] == km.kernel_id
+        assert execute(kc, "2+2").result == "4"   # pi1's user is untouched
+    finally:
+        gateways.lab.set_link("pi2", up=True)
+    km2, kc2 = kernels.start(gateways.any_board_kernel)   # pi2 is back: used again
+    assert km2.provisioner.host.destination == "pi2"
+    assert execute(kc2, "1+2").result == "3"
 
 
 def test_key_is_in_no_command_line_and_no_log(gateways, kernels, capfd):

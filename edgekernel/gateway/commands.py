@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from typing import Any
 
 from .ssh import GatewayError
 
@@ -28,6 +30,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 for g in gateways:
                     boards = ", ".join(b["device"] for b in g["boards"]) or "no boards"
                     print(f"{g['name']:<12} {g['ssh']:<24} {boards}  kernels: {', '.join(g['kernels']) or '-'}")
+        elif args.gateway_command == "status":
+            pis = manage.status(args.prefix)
+            if args.json:
+                print(json.dumps(pis, indent=2))
+            else:
+                print(format_status(pis))
         else:
             for name in manage.remove(args.name, args.prefix):
                 print(f"removed kernelspec {name}")
@@ -35,6 +43,42 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"edgekernel: {exc}", file=sys.stderr)
         return 2
+
+
+def _ago(when: float | None, now: float) -> str:
+    if not when:
+        return "-"
+    seconds = max(0, int(now - when))
+    return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
+
+
+def format_status(pis: list[dict[str, Any]], now: float | None = None) -> str:
+    """One line per board (free, or who holds it), then each Pi's kernels without a board."""
+    now = time.time() if now is None else now
+    lines, free, total = [], 0, 0
+    for pi in pis:
+        if not pi["reachable"]:
+            lines.append(f"{pi['name']}: not answering: {pi['error']}")
+            continue
+        lines.append(f"{pi['name']} ({pi['ssh']}): {len(pi['boards'])} board(s), {len(pi['kernels'])} kernel(s)")
+        for board in pi["boards"]:
+            total += 1
+            device = board["device"].removeprefix("/dev/")
+            holder = board.get("holder")
+            if holder is None:
+                free += 1
+                lines.append(f"  {device:<14} free")
+                continue
+            since = time.strftime("%H:%M:%S", time.localtime(holder["started"])) if holder.get("started") else "?"
+            lines.append(f"  {device:<14} {holder.get('user') or '?':<12} kernel {holder.get('kernel_id') or '?'}"
+                         f"  since {since}  last activity {_ago(holder.get('last_activity'), now)}"
+                         f"  (from {holder.get('owner') or '?'})")
+        for kernel in pi["kernels"]:
+            if not kernel.get("board"):
+                lines.append(f"  {'(no board)':<14} {kernel.get('user') or '?':<12} kernel {kernel.get('kernel_id')}"
+                             f"  last activity {_ago(kernel.get('last_activity'), now)}")
+    lines.append(f"{free} of {total} boards free")
+    return "\n".join(lines)
 
 
 def add_gateway_parser(sub) -> None:
@@ -49,7 +93,10 @@ def add_gateway_parser(sub) -> None:
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     rm = gsub.add_parser("remove", help="forget a Pi and delete its kernelspecs")
     rm.add_argument("name")
-    for q in (add, lst, rm):
+    st = gsub.add_parser("status", help="who holds each board of each Pi (hub user, kernel, since, last "
+                                        "activity), asked of the Pis over SSH")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    for q in (add, lst, rm, st):
         q.add_argument("--prefix", help="kernelspecs under this prefix (e.g. sys.prefix for a shared "
                                         "JupyterHub/Enterprise Gateway install); default: this user")
     p.set_defaults(func=cmd_gateway)

@@ -2,7 +2,8 @@
 
 ``add`` asks the Pi itself (``edgekernel.gateway.remote probe`` over SSH) which Python it has and
 which boards are attached, then writes one kernelspec per board (pinned to that Pi and board) and
-rewrites the "Python 3 on any Pi" kernelspec over every registered Pi. The registry of Pis is a small
+rewrites the "Python 3 on any Pi" and "MicroPython on any free board" kernelspecs over every
+registered Pi. The registry of Pis is a small
 JSON file next to the kernelspecs, so ``list`` and ``remove`` need no network.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .ssh import GatewayError, SSHHost
 
 PROVISIONER = "edgekernel-ssh"
 ANY_PI_KERNEL = "edgekernel-python-any-pi"
+ANY_BOARD_KERNEL = "edgekernel-any-free-board"
 GATEWAY_KEY = "edgekernel_gateway"  # kernelspec metadata naming the Pi a spec belongs to
 
 
@@ -61,19 +63,26 @@ def _provisioner(entry: dict[str, Any], hosts: list[str], board: str | None = No
     return {"provisioner_name": PROVISIONER, "config": config}
 
 
-def board_spec(name: str, entry: dict[str, Any], board: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(kernelspec name, kernel.json) of the MicroPython kernel pinned to one board on one Pi."""
-    device = board.get("by_id") or board["device"]
-    short = board["device"].removeprefix("/dev/")
+def _board_env(board: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """(the kernel's environment for a board the Pi found, what kind of board it is)."""
     found = kind_for_bridge(board.get("bridge"))
     # The kernel connects to the board the Pi found (EDGEKERNEL_PORT): an emulated one runs already.
-    profile, kind = ("serial" if found.emulator else found.profile), found.gateway_display
+    profile = "serial" if found.emulator else found.profile
+    return {"EDGEKERNEL_PROFILE": profile, "EDGEKERNEL_PORT": board.get("by_id") or board["device"]}, \
+        found.gateway_display
+
+
+def board_spec(name: str, entry: dict[str, Any], board: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(kernelspec name, kernel.json) of the MicroPython kernel pinned to one board on one Pi."""
+    env, kind = _board_env(board)
+    device = env["EDGEKERNEL_PORT"]
+    short = board["device"].removeprefix("/dev/")
     spec = {
         "argv": [entry["python"], "-m", "edgekernel.kernel", "-f", "{connection_file}"],
         "display_name": f"{kind} on {name} ({short})",
         "language": "python",
         "interrupt_mode": "signal",
-        "env": {"EDGEKERNEL_PROFILE": profile, "EDGEKERNEL_PORT": device},
+        "env": env,
         "metadata": {"debugger": False, GATEWAY_KEY: name,
                      "kernel_provisioner": _provisioner(entry, [entry["ssh"]], device)},
     }
@@ -94,6 +103,29 @@ def any_pi_spec(registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "interrupt_mode": "signal",
         "metadata": {"debugger": False, GATEWAY_KEY: "*",
                      "kernel_provisioner": _provisioner(common, [e["ssh"] for e in entries])},
+    }
+
+
+def any_board_spec(registry: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The MicroPython kernel that takes a free board on any registered Pi (None: no boards)."""
+    entries = [registry[n] for n in sorted(registry)]
+    boards = [{"host": e["ssh"], "board": _board_env(b)[0]["EDGEKERNEL_PORT"], "env": _board_env(b)[0]}
+              for e in entries for b in e.get("boards", [])]
+    if not boards:
+        return None
+    pythons = {e["python"] for e in entries}
+    python = pythons.pop() if len(pythons) == 1 else "python3"
+    configs = {e.get("ssh_config") or "" for e in entries}
+    common = {"python": python, "ssh_config": configs.pop() if len(configs) == 1 else ""}
+    provisioner = _provisioner(common, list(dict.fromkeys(b["host"] for b in boards)))
+    provisioner["config"]["boards"] = boards
+    return {
+        "argv": [python, "-m", "edgekernel.kernel", "-f", "{connection_file}"],
+        "display_name": "MicroPython on any free board",
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": {},
+        "metadata": {"debugger": False, GATEWAY_KEY: "*", "kernel_provisioner": provisioner},
     }
 
 
@@ -128,11 +160,16 @@ def _specs_of(gateway: str, prefix: str | None) -> list[tuple[str, str]]:
 
 
 def _write_any_pi(registry: dict[str, dict[str, Any]], prefix: str | None) -> list[tuple[str, str]]:
+    """Rewrite the kernelspecs over every Pi ("Python 3 on any Pi", "MicroPython on any free board")."""
     for _, path in _specs_of("*", prefix):
         shutil.rmtree(path, ignore_errors=True)
     if not registry:
         return []
-    return [(ANY_PI_KERNEL, _install(ANY_PI_KERNEL, any_pi_spec(registry), prefix))]
+    written = [(ANY_PI_KERNEL, _install(ANY_PI_KERNEL, any_pi_spec(registry), prefix))]
+    any_board = any_board_spec(registry)
+    if any_board is not None:
+        written.append((ANY_BOARD_KERNEL, _install(ANY_BOARD_KERNEL, any_board, prefix)))
+    return written
 
 
 def add(name: str, ssh: str, *, ssh_config: str | None = None, python: str = "python3",
@@ -171,15 +208,61 @@ def remove(name: str, prefix: str | None = None) -> list[str]:
         known = ", ".join(sorted(registry)) or "none"
         raise GatewayError(f"no gateway named {name!r} (registered: {known}): see 'edgekernel gateway list'")
     removed = []
+    over_all = {n for n, _ in _specs_of("*", prefix)}
     for spec_name, path in _specs_of(name, prefix):
         shutil.rmtree(path, ignore_errors=True)
         removed.append(spec_name)
     del registry[name]
     _save_registry(registry, prefix)
-    _write_any_pi(registry, prefix)
-    if not registry:
-        removed.append(ANY_PI_KERNEL)
+    written = {n for n, _ in _write_any_pi(registry, prefix)}
+    removed += [n for n in (ANY_PI_KERNEL, ANY_BOARD_KERNEL) if n in over_all and n not in written]
     return removed
+
+
+def find_registry(prefix: str | None = None) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """(the registry, its prefix): under `prefix` if given; else this user's, else the first one on
+    JUPYTER_PATH (a hub user's server finds the Pis its kernelspecs came from)."""
+    if prefix is not None:
+        return load_registry(prefix), prefix
+    registry = load_registry(None)
+    if registry:
+        return registry, None
+    from jupyter_core.paths import jupyter_path
+    for data in jupyter_path():
+        path = Path(data) / "edgekernel" / "gateways.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()), None
+            except (OSError, ValueError):
+                continue
+    return {}, None
+
+
+def status(prefix: str | None = None) -> list[dict[str, Any]]:
+    """Per registered Pi: its boards with who holds each (hub user, kernel id, since when, last
+    activity) and its gateway kernels, read from the Pi over SSH; or the error that Pi gave."""
+    from .hosts import pi_boards
+    from concurrent.futures import ThreadPoolExecutor
+    registry, _ = find_registry(prefix)
+    if not registry:
+        raise GatewayError("no gateways: add one with 'edgekernel gateway add NAME --ssh USER@HOST' "
+                           "(or pass --prefix where the hub's kernelspecs are)")
+
+    def ask(name: str) -> dict[str, Any]:
+        entry = registry[name]
+        try:
+            answer = pi_boards(SSHHost(entry["ssh"], entry.get("ssh_config") or None), entry["python"], timeout=15)
+            return {"name": name, "ssh": entry["ssh"], "reachable": True, "boards": answer.get("boards", []),
+                    "kernels": answer.get("kernels", [])}
+        except GatewayError as exc:
+            return {"name": name, "ssh": entry["ssh"], "reachable": False, "error": str(exc), "boards": [],
+                    "kernels": []}
+        except (ValueError, IndexError):
+            return {"name": name, "ssh": entry["ssh"], "reachable": False, "boards": [], "kernels": [],
+                    "error": f"{entry['ssh']} gave an unexpected answer: upgrade edgekernel there"}
+    names = sorted(registry)
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(ask, names))
 
 
 def listing(prefix: str | None = None) -> list[dict[str, Any]]:

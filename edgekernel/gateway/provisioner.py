@@ -6,6 +6,11 @@ so JupyterLab, Notebook 7, ``jupyter console``, ``jupyter run`` and nbclient use
     "kernel_provisioner": {"provisioner_name": "edgekernel-ssh",
                            "config": {"hosts": ["pi-3"], "board": "/dev/ttyUSB0", "python": "/usr/bin/python3"}}
 
+"Any free board" kernelspecs list every board instead (``"boards": [{"host": "pi-3", "board":
+"/dev/ttyUSB0", "env": {...}}, ...]``): the start asks the Pis which boards are free (``remote boards``),
+and launches on the first; the board's lock on the Pi decides, so when another start took that board
+in the meantime, the next free one is tried. A Pi that does not answer is skipped.
+
 How a kernel runs (nothing listens on the Pi's network, and the Pi never connects to the laptop):
 
 1. one ControlMaster SSH connection per Pi (``ssh.SSHHost``);
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import queue
 import signal
 import socket
@@ -35,9 +41,9 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
 from tornado.web import HTTPError
-from traitlets import Float, List, Unicode
+from traitlets import Dict, Float, List, Unicode
 
-from .hosts import choose_host
+from .hosts import choose_host, free_boards
 from .ssh import GatewayError, SSHHost, explain_ssh_failure
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -57,12 +63,28 @@ class KernelStartError(GatewayError, HTTPError):
         return self.message
 
 
+class LaunchRefused(GatewayError):
+    """The Pi answered but did not start the kernel (board unplugged, kernel failed...): the message says why."""
+
+
+class BoardBusyError(LaunchRefused):
+    """The Pi refused the board: another kernel holds its lock."""
+
+
+def hub_user() -> str:
+    """Who starts the kernel: the JupyterHub user whose single-user server runs this provisioner
+    (JupyterHub puts JUPYTERHUB_USER in that server's environment), else the local account."""
+    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
 class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     hosts = List(Unicode(), help="SSH destinations (ssh config aliases or user@host) the kernel may run on; "
                                  "one = pinned, several = least-loaded").tag(config=True)
     ssh_config = Unicode("", help="ssh client config file (-F); empty: ~/.ssh/config").tag(config=True)
     python = Unicode("python3", help="Python on the Pi that has edgekernel installed").tag(config=True)
     board = Unicode("", help="serial device on the Pi this kernel holds (empty: no board)").tag(config=True)
+    boards = List(Dict(), help="'any free board': the boards the kernel may take, each "
+                               "{'host': SSH destination, 'board': device, 'env': kernel env}").tag(config=True)
     heartbeat_interval = Float(5.0, help="seconds between heartbeats to the Pi; the Pi ends the kernel "
                                          "after 4 missed ones").tag(config=True)
 
@@ -73,6 +95,8 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.remote_pid: int | None = None
         self.remote_info: dict[str, Any] = {}
         self.forwards: list[tuple[int, int]] = []
+        self.held_board = ""   # the board an "any free board" kernel took (kept across restarts)
+        self.held_env: dict[str, str] = {}
         self.exit_code: int | None = None
         self._events: queue.Queue = queue.Queue()
         self._stderr_tail: deque[str] = deque(maxlen=20)
@@ -106,17 +130,45 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             raise KernelStartError(str(exc)) from None
 
     async def _launch(self, cmd: list[str]) -> KernelConnectionInfo:
-        km = self.parent
-        if self.host is None:  # a restart stays on the same Pi
+        if self.host is None and self.boards:
+            return await self._launch_on_a_free_board(cmd)
+        if self.host is None:  # a restart stays on the same Pi (and board)
             self.host = await asyncio.to_thread(choose_host, self._ssh_hosts(), self.python)
-        host = self.host
+        return await self._launch_on(self.host, cmd)
+
+    async def _launch_on_a_free_board(self, cmd: list[str]) -> KernelConnectionInfo:
+        candidates, down = await asyncio.to_thread(free_boards, self.boards, self.ssh_config or None, self.python)
+        for candidate in candidates:
+            if candidate["host"] in down:
+                continue
+            self.host = SSHHost(candidate["host"], self.ssh_config or None)
+            self.held_board, self.held_env = candidate["board"], dict(candidate.get("env") or {})
+            try:
+                return await self._launch_on(self.host, cmd)
+            except LaunchRefused as exc:   # taken since we asked (the lock decided), or gone: try the next
+                self.log.info("kernel %s: %s; trying the next free board", self.kernel_id, exc)
+                continue
+            except GatewayError as exc:   # the Pi itself did not answer: skip its other boards
+                down[candidate["host"]] = str(exc)
+        self.host, self.held_board, self.held_env = None, "", {}
+        pis = {b["host"] for b in self.boards}
+        if len(down) == len(pis):
+            raise GatewayError(f"no Pi with boards answered: {next(iter(down.values()))}")
+        see = "see who holds them with 'edgekernel gateway status', or try again when one is shut down"
+        if down:
+            raise GatewayError(f"no free board: every board on the Pis that answered is in use, and {len(down)} "
+                               f"of the {len(pis)} Pis did not answer ({next(iter(down.values()))}); {see}")
+        raise GatewayError(f"no free board: all {len(self.boards)} boards on {len(pis)} Pis are in use; {see}")
+
+    async def _launch_on(self, host: SSHHost, cmd: list[str]) -> KernelConnectionInfo:
+        km = self.parent
         await asyncio.to_thread(host.ensure_master)
         request = {
-            "kernel_id": self.kernel_id, "argv": cmd, "env": dict(self.kernel_spec.env or {}),
+            "kernel_id": self.kernel_id, "argv": cmd, "env": {**(self.kernel_spec.env or {}), **self.held_env},
             "key": km.session.key.decode() if km is not None else "",
             "signature_scheme": km.session.signature_scheme if km is not None else "hmac-sha256",
-            "kernel_name": getattr(km, "kernel_name", ""), "board": self.board or None,
-            "owner": f"{getpass.getuser()}@{socket.gethostname()}",
+            "kernel_name": getattr(km, "kernel_name", ""), "board": self.board or self.held_board or None,
+            "owner": f"{getpass.getuser()}@{socket.gethostname()}", "user": hub_user(),
             "heartbeat_timeout": 4 * self.heartbeat_interval,
         }
         self.exit_code = None
@@ -150,6 +202,8 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         assert self.host is not None and self.process is not None
         if event is not None and "error" in event:
             message = event["error"]
+            self._end_local_session()
+            raise (BoardBusyError if event.get("busy") else LaunchRefused)(message)
         elif event is None:
             message = f"{self.host.destination} did not start the kernel within {LAUNCH_TIMEOUT:g} s: check the Pi"
         else:
@@ -198,8 +252,17 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     def _heartbeat(self, process: subprocess.Popen, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_interval):
-            if process is not self.process or not self._send({"ping": 1}):
+            if process is not self.process or not self._send({"ping": 1, **self._activity()}):
                 return
+
+    def _activity(self) -> dict[str, float]:
+        """The kernel's last activity as the Jupyter server saw it (jupyter_server's kernel managers
+        have last_activity; it is what idle culling goes by), for `edgekernel gateway status`."""
+        when = getattr(self.parent, "last_activity", None)
+        try:
+            return {"activity": when.timestamp()} if when is not None else {}
+        except (AttributeError, TypeError, ValueError):
+            return {}
 
     # -- state and signals ----------------------------------------------------------------------
 
@@ -242,6 +305,7 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.process = None
         if not restart:
             self.host = None
+            self.held_board, self.held_env = "", {}
 
     def _close_session(self, process: subprocess.Popen, host: SSHHost) -> None:
         try:
@@ -272,7 +336,8 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()
-        info.update({"host": self.host.destination if self.host else None, "remote_pid": self.remote_pid})
+        info.update({"host": self.host.destination if self.host else None, "remote_pid": self.remote_pid,
+                     "held_board": self.held_board, "held_env": self.held_env})
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
@@ -280,3 +345,5 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if provisioner_info.get("host"):
             self.host = SSHHost(provisioner_info["host"], self.ssh_config or None)
         self.remote_pid = provisioner_info.get("remote_pid")
+        self.held_board = provisioner_info.get("held_board") or ""
+        self.held_env = dict(provisioner_info.get("held_env") or {})

@@ -4,6 +4,8 @@ Commands (each prints JSON lines on stdout):
 
 - ``probe``: Python, edgekernel version, boards (``edgekernel devices``) and running kernels.
 - ``status``: how many gateway kernels run here (host selection picks the least-loaded Pi).
+- ``boards``: every board here with who holds it (kernel id, hub user, since when, last activity),
+  and every gateway kernel running here: what ``edgekernel gateway status`` and "any free board" read.
 - ``launch``: reads ONE JSON line from stdin (kernel id, argv, env, connection key...), starts the
   kernel bound to 127.0.0.1, prints ``{"ready": ...}``, then stays as the kernel's keeper until the
   kernel ends. The key travels only inside the SSH channel and a 0600 connection file, never argv.
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..runtime import runtime_dir
 from ..processes import alive
@@ -54,6 +56,8 @@ def running_kernels() -> list[dict[str, Any]]:
     """Gateway kernels alive on this machine (stale records of dead kernels are removed)."""
     found = []
     for path in sorted(_kernels_dir().glob("*.json")):
+        if path.name.startswith("kernel-"):
+            continue  # a starting kernel's connection file (same folder), not a record
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -107,6 +111,24 @@ def cmd_status() -> int:
     return 0
 
 
+HOLDER_FIELDS = ("kernel_id", "user", "owner", "started", "last_activity", "kernel_name")
+
+
+def cmd_boards() -> int:
+    from ..ports import list_serial_ports
+    kernels = {r["kernel_id"]: r for r in running_kernels()}
+    boards = []
+    for p in list_serial_ports():
+        holder = _lock_holder(p.device)
+        if holder is not None:   # the kernel's record has its last activity; the lock, who and since when
+            holder = {**holder, **kernels.get(holder.get("kernel_id"), {})}
+            holder = {k: holder.get(k) for k in HOLDER_FIELDS}
+        boards.append({"device": p.device, "by_id": _by_id(p.device), "bridge": p.bridge, "holder": holder})
+    _emit({"hostname": socket.gethostname(), "boards": boards,
+           "kernels": [{k: r.get(k) for k in (*HOLDER_FIELDS, "board")} for r in kernels.values()]})
+    return 0
+
+
 # -- board locks ---------------------------------------------------------------------------------
 
 def _lock_path(device: str) -> Path:
@@ -127,7 +149,7 @@ def _lock_holder(device: str) -> dict[str, Any] | None:
     return None
 
 
-def _lock_board(device: str, kernel_id: str, owner: str) -> Any:
+def _lock_board(device: str, kernel_id: str, owner: str, user: str | None = None) -> Any:
     """Hold the board's lock for this keeper's lifetime, or raise with who holds it."""
     fd = os.open(_lock_path(device), os.O_RDWR | os.O_CREAT, 0o600)
     lock = os.fdopen(fd, "r+")
@@ -138,18 +160,24 @@ def _lock_board(device: str, kernel_id: str, owner: str) -> Any:
             raise
         holder = json.loads(lock.read() or "{}")
         lock.close()
-        raise LaunchError(f"board {device} on {socket.gethostname()} is in use by kernel "
-                          f"{holder.get('kernel_id', '?')} (started from {holder.get('owner', '?')}): "
-                          "shut that kernel down first") from None
+        who = f"hub user {holder['user']}, " if holder.get("user") else ""
+        raise BoardBusy(f"board {device} on {socket.gethostname()} is in use by kernel "
+                        f"{holder.get('kernel_id', '?')} ({who}started from {holder.get('owner', '?')}): "
+                        "shut that kernel down first") from None
     lock.seek(0)
     lock.truncate()
-    lock.write(json.dumps({"kernel_id": kernel_id, "owner": owner, "pid": os.getpid()}))
+    lock.write(json.dumps({"kernel_id": kernel_id, "owner": owner, "user": user, "pid": os.getpid(),
+                           "started": time.time()}))
     lock.flush()
     return lock
 
 
 class LaunchError(Exception):
     """A launch problem the user can fix; the message is one line that says how."""
+
+
+class BoardBusy(LaunchError):
+    """The board's lock is held by another kernel (an "any free board" start tries the next board)."""
 
 
 # -- launch ---------------------------------------------------------------------------------------
@@ -196,7 +224,7 @@ def cmd_launch() -> int:
             if not os.path.exists(board):
                 raise LaunchError(f"board {board} is not attached to {socket.gethostname()} (unplugged?): "
                                   "plug it in, or run 'edgekernel gateway add' again to refresh the kernels")
-            lock = _lock_board(board, kernel_id, request.get("owner", "?"))
+            lock = _lock_board(board, kernel_id, request.get("owner", "?"), request.get("user"))
         private = runtime_dir("gateway", "kernels")
         connection_file = private / f"kernel-{kernel_id}.json"
         ports = dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), _free_ports(5)))
@@ -217,15 +245,22 @@ def cmd_launch() -> int:
                               f"{argv[0]}): check the kernel's Python there") from None
         _wait_bound(kernel, ports)
         record_path = _kernels_dir() / f"{kernel_id}.json"
-        record_path.write_text(json.dumps({"kernel_id": kernel_id, "pid": kernel.pid, "keeper": os.getpid(),
-                                           "board": board, "owner": request.get("owner"),
-                                           "started": time.time()}))
+        record = {"kernel_id": kernel_id, "pid": kernel.pid, "keeper": os.getpid(), "board": board,
+                  "owner": request.get("owner"), "user": request.get("user"),
+                  "kernel_name": request.get("kernel_name"), "started": time.time(), "last_activity": None}
+        _write_record(record_path, record)
         _emit({"ready": {"pid": kernel.pid, "ports": ports, **_hostname_and_addresses()}})
-        code = _keep(kernel, float(request.get("heartbeat_timeout") or 0))
+
+        def on_activity(when: float) -> None:
+            if when != record["last_activity"]:
+                record["last_activity"] = when
+                _write_record(record_path, record)
+
+        code = _keep(kernel, float(request.get("heartbeat_timeout") or 0), on_activity)
         _emit({"exited": code})
         return 0
     except LaunchError as exc:
-        _emit({"error": str(exc)})
+        _emit({"error": str(exc), "busy": isinstance(exc, BoardBusy)})
         return 3
     finally:
         if connection_file is not None:
@@ -234,6 +269,13 @@ def cmd_launch() -> int:
             record_path.unlink(missing_ok=True)
         if lock is not None:
             lock.close()
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Replace the kernel's record in one step (a reader never sees half of it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
 
 
 def _wait_bound(kernel: subprocess.Popen, ports: dict[str, int], timeout: float = 60.0) -> None:
@@ -271,8 +313,10 @@ def _end(kernel: subprocess.Popen) -> int:
     return kernel.wait()
 
 
-def _keep(kernel: subprocess.Popen, heartbeat_timeout: float) -> int:
-    """Relay signals to the kernel until it exits, stdin closes, or heartbeats stop."""
+def _keep(kernel: subprocess.Popen, heartbeat_timeout: float,
+          on_activity: Callable[[float], None] = lambda when: None) -> int:
+    """Relay signals to the kernel until it exits, stdin closes, or heartbeats stop. Heartbeats carry
+    the kernel's last activity as its Jupyter server saw it (what idle culling goes by)."""
     last_heard = time.monotonic()
     pending = b""
     while True:
@@ -303,6 +347,8 @@ def _keep(kernel: subprocess.Popen, heartbeat_timeout: float) -> int:
                 message = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(message.get("activity"), (int, float)):
+                on_activity(float(message["activity"]))
             if "signal" in message:
                 try:
                     os.killpg(kernel.pid, int(message["signal"]))
@@ -337,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_probe()
     if command == "status":
         return cmd_status()
+    if command == "boards":
+        return cmd_boards()
     if command == "launch":
         return cmd_launch()
     if command == "reap" and len(args) == 2:
         return cmd_reap(args[1])
-    print("usage: python -m edgekernel.gateway.remote probe|status|launch|reap KERNEL_ID", file=sys.stderr)
+    print("usage: python -m edgekernel.gateway.remote probe|status|boards|launch|reap KERNEL_ID", file=sys.stderr)
     return 2
 
 

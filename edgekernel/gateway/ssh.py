@@ -7,6 +7,7 @@ host key is an error, never silently accepted.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -92,8 +93,11 @@ class SSHHost:
         return int(m.group(1)) if r.returncode == 0 and m else None
 
     def ensure_master(self) -> None:
-        """Open the shared connection unless it runs (one TCP connection and login per Pi)."""
-        with self._lock():
+        """Open the shared connection unless it runs (one TCP connection and login per Pi). The file
+        lock makes this one step for every process of this account (each JupyterHub user's server
+        starts kernels on its own): two masters racing for one socket would leave an orphan ssh."""
+        with self._lock(), open(f"{self.control_path}.lock", "w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
             if self.master_pid() is not None:
                 return
             self.control_path.unlink(missing_ok=True)  # a dead master's socket would block a new one
