@@ -12,13 +12,15 @@ the end of its output.
 """
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..links import Link, LinkClosed, open_link
+from ..links import Link, LinkClosed, LinkError, open_link
 from . import onboard
 from .board import Capabilities
 from .errors import BoardBusy, BoardNotResponding, CodeTooLarge, DeviceError
@@ -38,6 +40,13 @@ _RESET_SIGNS = (
     (b"rst:0x", "hard"),          # ESP32 ROM
 )
 _PROMPT_ENDINGS = (RAW_BANNER, b">>> ", b"raw REPL; CTRL-B to exit\n>")
+# What a rebooted board's REPL says when bytes the host still sent reach it: the friendly prompt,
+# and its line editor's answer to Ctrl-A on a line that is not empty (the cursor moves left).
+_FRIENDLY_PROMPT = b">>> "
+_LINE_EDITOR_ANSWER = re.compile(rb"\x1b\[\d*D|\.\.\. |=== |\x01")
+_LINE_EDITOR_PARTIAL = re.compile(rb"(\x1b(\[\d*)?|\.{1,3}|={1,3})\Z")
+# How far after reboot text its prompt may come (boot.py and main.py may print in between).
+_PROMPT_AFTER_SIGN = 4096
 
 # Code up to this size goes in one plain raw-REPL write: it fits the receive
 # buffer of any board with raw-paste (ESP8266: 256 bytes) and saves raw-paste's
@@ -93,9 +102,15 @@ class BoardSession(ValuesFromExec):
         self._running = threading.Event()
         self._interrupt_at: float | None = None
         self._resync_after_run = False  # stray bytes may reach the prompt: re-enter raw REPL next time
+        # The running exec saw reboot text: bytes for the program's stdin would reach a rebooted REPL.
+        self._reset_suspected = False
         #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back.
         self.link_reopen_timeout = 20.0
         self.closed = False
+        # Board requests (see set_request_handler) and board setups (see set_board_setup).
+        self._request_handlers: dict[str, BoardRequestHandler] = {}
+        self._setups: dict[str, tuple[str, Callable[[ExecResult], None] | None]] = {}
+        self._in_setup = False
 
     @property
     def description(self) -> str:
@@ -247,6 +262,7 @@ class BoardSession(ValuesFromExec):
                 self.free_ram = int(out.split()[-1])
             except (ValueError, IndexError):
                 self.free_ram = None
+        self._rerun_setups(deadline)
 
     def _run_native(self, code: bytes, deadline: float) -> bytes:
         """Run internal code with the raw REPL's own framing; return its stdout."""
@@ -462,6 +478,7 @@ class BoardSession(ValuesFromExec):
                 program = (source + onboard.STREAM_TRAILER).encode()
             self._interrupt_at = None
             self._resync_after_run = False
+            self._reset_suspected = False
             self._running.set()
             # Uploads get time in proportion to their size (1 KB/s at worst).
             upload_deadline = min(deadline, time.monotonic() + 10.0 + len(program) / 1000)
@@ -492,6 +509,7 @@ class BoardSession(ValuesFromExec):
         result.seconds = time.monotonic() - start
         if result.reset:
             self._helpers = False
+            self._restore_setups_after_reset()
         return result
 
     # -- interrupt and resets ------------------------------------------------------
@@ -531,6 +549,86 @@ class BoardSession(ValuesFromExec):
         self._at_prompt = True
         self._install_helpers(deadline)
 
+    # -- board requests and board setups (the board asks the host while code runs: %mount) ----------
+
+    def set_request_handler(self, kind: str, handler: "BoardRequestHandler | None") -> None:
+        """Answer the board's requests of `kind` (one letter) with `handler(payload) -> reply`; None removes it.
+
+        While any code runs under the helper (a cell, a %%bg job, a magic's program), board code may ask
+        the host something and wait for the answer on its stdin. It prints, after the helper's current
+        marker ``_ek.m``::
+
+            <marker>Q<kind><payload><marker>q
+
+        with 0x04, 0x1b and 0x1e in the payload written as ESC + (byte + 0x40), so neither a marker
+        nor the raw REPL's end can appear inside it. The session passes the unescaped payload to the
+        handler and writes the reply to the board's stdin framed as three length bytes (7 bits each,
+        least significant first, top bit set) and the body with 0x01-0x05 and 0x1b written as ESC +
+        (byte + 0x40) (see frame_board_reply). So a raw 0x03 on the board's stdin during a request is
+        always the host's Ctrl-C, and a reply the board never read holds no byte the raw REPL acts on.
+        Every request is answered: with no handler for `kind`, or a handler that raised, the reply is
+        empty, which board code must take as "the host cannot answer". A reply holds at most 2 MB - 1.
+        Handlers run on the thread that runs exec(), between reads of the board's output.
+        """
+        if len(kind) != 1:
+            raise ValueError(f"a board request kind is one letter, not {kind!r}")
+        if handler is None:
+            self._request_handlers.pop(kind, None)
+        else:
+            self._request_handlers[kind] = handler
+
+    def answer_board_request(self, request: bytes) -> None:
+        """Answer one request the board printed (its kind letter and escaped payload): see set_request_handler."""
+        handler = self._request_handlers.get(chr(request[0])) if request else None
+        reply = b""
+        if handler is not None:
+            try:
+                reply = handler(unescape_board_request(request[1:]))
+            except Exception:
+                logging.getLogger(__name__).exception("board request handler failed")
+                reply = b""
+        framed = frame_board_reply(reply)
+        if len(framed) - 3 > MAX_BOARD_REPLY:
+            logging.getLogger(__name__).error("board request reply too long (%d bytes)", len(framed))
+            framed = frame_board_reply(b"")
+        self.link.write(framed)
+
+    def set_board_setup(self, key: str, program: str | None,
+                        after: Callable[[ExecResult], None] | None = None) -> None:
+        """Board code to run again each time the board starts afresh (a soft or hard reset found by
+        exec(), soft_reset(), hard_reset(), a reinstalled helper); None removes it.
+
+        It runs in a throw-away namespace (as scratch code) right after the helper is installed, and
+        `after` gets its result (to tell the user, e.g. "remounted"). Registering does not run it.
+        """
+        if program is None:
+            self._setups.pop(key, None)
+        else:
+            self._setups[key] = (program, after)
+
+    def _rerun_setups(self, deadline: float) -> None:
+        if not self._setups or self._in_setup:
+            return
+        self._in_setup = True
+        try:
+            for program, after in list(self._setups.values()):
+                result = self._exec_locked(program, None, None, False, max(1.0, deadline - time.monotonic()),
+                                           "<setup>", scratch=True)
+                if after is not None:
+                    after(result)
+        finally:
+            self._in_setup = False
+
+    def _restore_setups_after_reset(self) -> None:
+        """A run ended in a reset: with setups registered, reinstall the helper and rerun them now (not at
+        the next cell), so the board is set up again as soon as it is back; failing that, at the next exec."""
+        if not self._setups or self._in_setup:
+            return
+        try:
+            self._install_helpers(time.monotonic() + 10.0)
+        except (DeviceError, LinkError):
+            self._helpers = False
+
     # -- for transfers that speak to the board beside exec (device/files.py, webrepl_files.py) ----
 
     @property
@@ -543,7 +641,17 @@ class BoardSession(ValuesFromExec):
         data, sent from its on_output callback as the board grants credit)."""
         if not self._running.is_set():
             raise DeviceError(f"{self.link.description}: nothing runs on the board to read these bytes")
+        if self._reset_suspected:
+            # The board printed reboot text: the program that would read these bytes may be gone,
+            # and a rebooted REPL would echo and line-edit them (0x01/0x05 in data change its mode),
+            # hiding the prompt exec() needs to see. Nothing more goes until the run ends.
+            return
         self.link.write(data)
+
+    @property
+    def reset_suspected(self) -> bool:
+        """During exec(): the board printed reboot text (exec confirms or clears it before returning)."""
+        return self._reset_suspected
 
     def reopen_after_drop(self) -> None:
         """Within exclusive(): the board dropped a link that can reopen (WebREPL, after a failed file
@@ -623,9 +731,11 @@ class _Follower:
         self.last_step = "ctrl-c"
         self.reset_suspect: str | None = None
         self.scan_from = 0          # where to look for reset signs next
+        self.sign_end = 0           # where the last reset sign ended (output positions; the buffer follows)
         self.seen_marker = False
         self.probe_at: float | None = None  # when we asked a possibly-reset board for its banner
         self.probes_left = 0                # further asks after a silent one
+        self.line_cleared = False           # Ctrl-C was sent to clear a rebooted REPL's line
 
     # Output goes to the caller as soon as it is known not to be framing.
     def emit(self, data: bytes) -> None:
@@ -714,6 +824,7 @@ class _Follower:
                 before = bytes(buf[:i])
                 del buf[: i + len(m) + 1]
                 self.reset_suspect = None  # the helper is alive: whatever looked like a reset was output
+                self.s._reset_suspected = False
                 self.seen_marker = True
                 self.end_field(before)
                 self.begin_field(kind)
@@ -727,9 +838,10 @@ class _Follower:
                 hold = self.native_end_start(cut) if self.native_end_possible() else None
                 if hold is not None:
                     cut = hold
+                # Before the caller sees the bytes: a put's data must stop at the first sign of a reset.
+                self.check_reset_signs()
                 self.emit(bytes(buf[:cut]))
                 del buf[:cut]
-                self.check_reset_signs()
             elif self.state != "echo" and keep < len(buf):
                 self.field += buf[: len(buf) - keep]
                 del buf[: len(buf) - keep]
@@ -749,11 +861,13 @@ class _Follower:
                 self.result.error = parse_traceback(text, hide_files=self.hide_files, rename=self.rename)
             elif self.state == "prompt":
                 self.answer_input(text)
+            elif self.state == "request":
+                self.s.answer_board_request(bytes(self.field))
         self.field = bytearray()
 
     def begin_field(self, kind: str) -> None:
         self.state = {"R": "value", "E": "error", "I": "prompt", "W": "echo",
-                      "i": "out", "D": "tail"}.get(kind, "out")
+                      "i": "out", "D": "tail", "Q": "request", "q": "out"}.get(kind, "out")
 
     def answer_input(self, prompt: str) -> None:
         line = self.on_input(prompt) if self.on_input is not None else None
@@ -819,7 +933,21 @@ class _Follower:
         return bytes(self.output[-64:]) + bytes(self.s._buf)
 
     def reset_candidate(self) -> bool:
-        return self.state == "out" and self.reset_suspect is not None and self.recent().endswith(_PROMPT_ENDINGS)
+        if self.state != "out" or self.reset_suspect is None:
+            return False
+        if self.recent().endswith(_PROMPT_ENDINGS):
+            return True
+        if self.reset_suspect not in ("soft", "hard"):
+            return False
+        # Bytes the host was still sending when the board reset reach the rebooted REPL, which echoes
+        # them after its prompt (or takes 0x05/0x01 in them as paste or raw mode): a prompt after the
+        # reboot text, then silence, is reason enough to ask.
+        start = self.sign_end
+        after = bytes(self.output[start: start + _PROMPT_AFTER_SIGN])
+        if len(after) < _PROMPT_AFTER_SIGN:
+            in_buf = max(0, start - len(self.output))
+            after += bytes(self.s._buf[in_buf: in_buf + _PROMPT_AFTER_SIGN - len(after)])
+        return _FRIENDLY_PROMPT in after or RAW_BANNER in after
 
     def finish_quiet(self) -> bool:
         """Nothing more came after a possible ending: it was the ending."""
@@ -852,6 +980,7 @@ class _Follower:
             s._buf.clear()
             self.probe_at = time.monotonic()
             self.probes_left = PROBE_RETRIES
+            self.line_cleared = False
             s.link.write(b"\x01")
         return False
 
@@ -859,6 +988,22 @@ class _Follower:
         buf = self.s._buf
         if RAW_BANNER in buf:
             return self.end_probe(confirmed=True)
+        if self.line_cleared:
+            return False  # a new line and prompt come before the banner; PROBE_WAIT bounds the wait
+        if self.reset_suspect in ("soft", "hard") and _LINE_EDITOR_ANSWER.search(buf):
+            # A friendly REPL with bytes on its line (a transfer's data that reached the rebooted
+            # board) takes Ctrl-A as "start of line"; in a continued line or paste mode it prints a
+            # prompt or echoes it. A program does none of this. Ctrl-C clears the line (or leaves
+            # paste mode), then Ctrl-A enters the raw REPL.
+            self.emit(bytes(buf))
+            buf.clear()
+            self.line_cleared = True
+            self.probe_at = time.monotonic()
+            self.probes_left = 0
+            self.s.link.write(b"\x03\x01")
+            return False
+        if self.reset_suspect in ("soft", "hard") and _LINE_EDITOR_PARTIAL.fullmatch(buf):
+            return False  # the start of such an answer
         if buf and not (b"\r\n" + RAW_BANNER).startswith(bytes(buf)) and not RAW_BANNER.startswith(bytes(buf)):
             self.end_probe(confirmed=False)
             return self.parse()
@@ -871,6 +1016,7 @@ class _Follower:
             # Still running: what looked like a reset was output. The Ctrl-A we
             # sent waits in the board's input; the next raw entry absorbs it.
             self.reset_suspect = None
+            s._reset_suspected = False
             s._resync_after_run = True
             return False
         if self.reset_suspect != "resync":
@@ -883,13 +1029,17 @@ class _Follower:
     def check_reset_signs(self) -> None:
         """Look for reboot text in what the board sent (a reset mid-exec)."""
         out = self.output
-        window = bytes(out[max(0, self.scan_from - 40):]) + bytes(self.s._buf)
+        base = max(0, self.scan_from - 40)
+        window = bytes(out[base:]) + bytes(self.s._buf)
         self.scan_from = len(out)
         # A sign alone proves nothing (a program may print it): a prompt and
         # silence must follow before reset_candidate() believes it.
         for sign, kind in _RESET_SIGNS:
-            if sign in window and self.reset_suspect != "hard":
+            at = window.rfind(sign)
+            if at >= 0 and self.reset_suspect != "hard":
                 self.reset_suspect = kind
+                self.sign_end = max(self.sign_end, base + at + len(sign))
+                self.s._reset_suspected = True
 
     # -- interrupt ladder -------------------------------------------------------------
 
@@ -912,10 +1062,12 @@ class _Follower:
             elif step == "soft-reset":
                 s.link.write(b"\r\x03\x03\x04")
                 self.reset_suspect = "soft"
+                s._reset_suspected = True
             elif step == "hard-reset":
                 if s.link.can_hard_reset:
                     s.link.hard_reset()
                     self.reset_suspect = "hard"
+                    s._reset_suspected = True
                 else:
                     continue
             elif step == "give-up":
@@ -926,6 +1078,27 @@ class _Follower:
         if self.ladder_step < len(_LADDER):
             return max(0.0, started + _LADDER[self.ladder_step][0] - now)
         return 1.0
+
+
+BoardRequestHandler = Callable[[bytes], bytes]
+MAX_BOARD_REPLY = (1 << 21) - 1
+_REQUEST_ESCAPE = re.compile(rb"\x1b(.)", re.DOTALL)
+_REPLY_SPECIAL = re.compile(rb"[\x01-\x05\x1b]")
+
+
+def unescape_board_request(payload: bytes) -> bytes:
+    """A board request's payload as the board meant it (ESC + (byte + 0x40) stands for the byte)."""
+    if b"\x1b" not in payload:
+        return payload
+    return _REQUEST_ESCAPE.sub(lambda m: bytes((m.group(1)[0] - 0x40,)), payload)
+
+
+def frame_board_reply(reply: bytes) -> bytes:
+    """A reply as it goes to the board's stdin: three length bytes (7 bits each, top bit set) and the body
+    with 0x01-0x05 and 0x1b escaped, so no byte of it can be Ctrl-C or act on the raw REPL."""
+    body = _REPLY_SPECIAL.sub(lambda m: b"\x1b" + bytes((m.group()[0] + 0x40,)), reply)
+    k = len(body)
+    return bytes((0x80 | k & 127, 0x80 | k >> 7 & 127, 0x80 | k >> 14 & 127)) + body
 
 
 def _partial_suffix(buf: bytearray, marker: bytes) -> int:
