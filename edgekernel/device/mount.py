@@ -151,13 +151,21 @@ class F(io.IOBase):
    m[k:k+len(r)]=r;k+=len(r)
   return k
  def read(s,n=-1):
+  if n<0 or n>C and not s.t:
+   p=s.tell();e=s.seek(0,2)-p;s.seek(p)
+   if n<0 or n>e:
+    n=e if e>0 else 0
+   o=bytearray(n);k=s.readinto(o)
+   return u(o if k==n else o[:k],s.t)
+  if n<=C:
+   return u(s.g(n,s.t),s.t)
   o=bytearray()
-  while n<0 or len(o)<n:
-   r=s.g(C if n<0 else min(C,n-len(o)),s.t)
+  while len(o)<n:
+   r=s.g(min(C,n-len(o)),1)
    if not r:
     break
    o+=r
-  return u(o,s.t)
+  return u(o,1)
  def readline(s):
   o=bytearray()
   while 1:
@@ -242,6 +250,14 @@ except OSError:
 os.mount(V(),P)
 os.chdir(P)
 print('='+repr((w,sys.path)))
+"""
+
+# Compiled under its own name where the firmware has compile(), so a traceback through it shows
+# "<edgekernel mount>" frames, not lines of the user's cell.
+RUNNER = """\
+S={source!r}
+c=getattr(__import__('builtins'),'compile',None)
+exec(c(S,'<edgekernel mount>','exec') if c else S)
 """
 
 # What a board needs for the program above (the micro:bit's 1.9.2 lacks os.mount and stdin/stdout buffers).
@@ -562,8 +578,8 @@ def mount_folder(board: Any, folder: str | os.PathLike[str], *, mount_point: str
         if missing:
             raise MountError(f"this board's MicroPython ({version}) cannot mount a host folder: it has no "
                              f"{', '.join(missing)}; copy files to it with %sendtofile instead")
-        program = BOARD_PROGRAM.format(point=mount_point, chunk=chunk_for(session.free_ram),
-                                       timeout=BOARD_TIMEOUT_MS)
+        program = RUNNER.format(source=BOARD_PROGRAM.format(point=mount_point, chunk=chunk_for(session.free_ram),
+                                                            timeout=BOARD_TIMEOUT_MS))
         previous_cwd, sys_path = _run(session, program, f"mounting {service.root}")
     except BaseException:
         session.set_request_handler(REQUEST_KIND, None if old is None else old.folder.handle)
