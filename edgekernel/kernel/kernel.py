@@ -28,8 +28,8 @@ from .. import __version__
 from ..boards import board_kind
 from ..device import DeviceError, ExecResult, LinkClosed, LinkError
 from ..device.board import Board
-# The magics register themselves in the REGISTRY when imported: a new magic module is one more name here.
-from . import connect_magics, file_magics, mount_magics, session_magics, toolchain_magics  # noqa: F401
+# The magics register themselves in the REGISTRY when imported; builtin_magics lists their modules.
+from . import builtin_magics  # noqa: F401
 from . import introspect
 from .background import BackgroundJob
 from .connection import Connection
