@@ -319,6 +319,30 @@ def _add_file_commands(sub) -> None:
     p.set_defaults(func=cmd_df)
 
 
+def cmd_mip(args: argparse.Namespace) -> int:
+    from .device.mip import MipInstaller
+    with _open(args) as board:
+        installer = MipInstaller(_files(board), index=args.index, target=args.target, mpy=args.mpy,
+                                 say=lambda line: print(line, end="", flush=True))
+        installer.install(args.packages)
+    return 0
+
+
+def _add_mip_command(sub) -> None:
+    from .device.mip import DEFAULT_INDEX
+    p = sub.add_parser("mip", help="install MicroPython packages on the board (downloaded by this computer)")
+    _add_port_arguments(p)
+    p.add_argument("action", choices=["install"], help="what to do (install)")
+    p.add_argument("packages", nargs="+", metavar="PKG",
+                   help="NAME[@VERSION] from the index, github:ORG/REPO[/PATH][@BRANCH], gitlab:..., an http(s) "
+                        "URL of a package.json or .py/.mpy file, or a local package.json, folder (./pkg) or .py file")
+    p.add_argument("--index", "-i", help=f"package index URL (default {DEFAULT_INDEX})")
+    p.add_argument("--target", "-t", help="folder on the board (default: the lib folder in its sys.path, /lib)")
+    p.add_argument("--no-mpy", dest="mpy", action="store_false",
+                   help="install .py source instead of .mpy files compiled for the board")
+    p.set_defaults(func=cmd_mip)
+
+
 def _install_description() -> str:
     from jupyter_core.paths import SYSTEM_JUPYTER_PATH
 
@@ -360,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reset)
 
     _add_file_commands(sub)
+    _add_mip_command(sub)
 
     p = sub.add_parser("install", help="install the Jupyter kernelspecs (MicroPython ESP8266, serial, emulated, MQTT)",
                        description=_install_description(), formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,6 +4,7 @@ A new magic module is one more line here (kept apart from kernel.py so adding on
 """
 from . import connect_magics  # noqa: F401
 from . import file_magics  # noqa: F401
+from . import mip_magics  # noqa: F401
 from . import mount_magics  # noqa: F401
 from . import session_magics  # noqa: F401
 from . import toolchain_magics  # noqa: F401
