@@ -1,21 +1,22 @@
 """The kernel's board connection, owned in one place.
 
-`Connection` connects (any board URL, through edgekernel.device.board.open_board),
-connects by itself on the first board cell (a restarted kernel's last board, then
-$EDGEKERNEL_PORT, the profile's emulator or MQTT URL, then the one USB board
-found), asks for passwords, starts and stops emulated boards, and keeps the two
-files of a kernel session in Jupyter's runtime folder:
+`Connection` is one board of the notebook (boards_registry.BoardRegistry holds them by
+name). It connects (any board URL, through edgekernel.device.board.open_board),
+connects by itself on the first board cell (a restarted kernel's last board; for the
+default board then $EDGEKERNEL_PORT, the profile's emulator or MQTT URL, then the one
+USB board found), asks for passwords, starts and stops emulated boards, and keeps the
+board's session log in Jupyter's runtime folder:
 
-- ``edgekernel-<connection file>.state.json``: what to reconnect to after a
-  restart (the URL, the baud rate, the *name* of a password variable, never a password);
-- ``edgekernel-<connection file>.log``: every byte the board sent.
+- ``edgekernel-<connection file>.log`` (a named board: ``….NAME.log``): every byte the board sent;
+- its part of ``edgekernel-<connection file>.state.json`` (written by the registry from
+  `saved_state`): what to reconnect to after a restart (the URL, the baud rate, the *name*
+  of a password variable, never a password).
 
 It knows no Jupyter messages: the kernel hands it `say` (a host message in
 the current cell) and `ask_secret` (a hidden prompt in the front end).
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -45,19 +46,29 @@ def default_baud() -> int:
     return int(os.environ.get(BAUD_ENV, "115200"))
 
 
-def flash_folder(kind: str) -> Path:
-    """Where an emulated board of `kind` keeps its files (they persist across kernels)."""
+def flash_folder(kind: str, name: str | None = None) -> Path:
+    """Where an emulated board of `kind` keeps its files (they persist across kernels); a named
+    board (`--as NAME`) has a folder of its own, so two emulated boards never share their files."""
     data = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return data / "edgekernel" / f"flash-{kind}"
+    return data / "edgekernel" / (f"flash-{kind}-{name}" if name else f"flash-{kind}")
 
 
 class Connection:
-    """One kernel's board: connect, auto-connect, reconnect after a restart, passwords, log, state."""
+    """One board of the notebook: connect, auto-connect, reconnect after a restart, passwords, log.
 
-    def __init__(self, session_files: tuple[Path, Path], profile: BoardKind, *, say: Say,
+    `name` is the board's name in the notebook; only the `default` board connects by itself
+    from the environment, the profile or USB (a named board was connected by a magic, and a
+    restarted kernel reconnects it from `restore`). `on_state` is called whenever
+    `saved_state` changes (the registry writes the session's state file).
+    """
+
+    def __init__(self, log_path: Path, profile: BoardKind, *, name: str, default: bool,
+                 restore: dict[str, Any] | None, on_state: Callable[[], None], say: Say,
                  ask_secret: AskSecret) -> None:
-        self.state_file, self.log_path = session_files
+        self.log_path = log_path
         self.profile = profile
+        self.name = name
+        self.default = default
         self.say = say
         self.ask_secret = ask_secret
         self.board: Board | None = None
@@ -66,23 +77,16 @@ class Connection:
         self._files: BoardFiles | None = None
         self.emulator: Any = None          # edgekernel.emulator.BoardProcess when we started one
         self.emulator_kind = ""
+        self._on_state = on_state
         self._log = open(self.log_path, "ab", buffering=0)
-        self._restore = self._read_state()   # a restarted kernel's last board, used once
+        self._restore = restore            # a restarted kernel's board, used once
+        self.saved_state: dict[str, Any] | None = restore   # what a restart reconnects to
 
     # -- the session's files ---------------------------------------------------------
 
-    def _read_state(self) -> dict[str, Any] | None:
-        try:
-            state = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return state if isinstance(state, dict) else None
-
     def _write_state(self, state: dict[str, Any] | None) -> None:
-        if state is None:
-            self.state_file.unlink(missing_ok=True)
-        else:
-            self.state_file.write_text(json.dumps(state))
+        self.saved_state = state
+        self._on_state()
 
     def log(self, data: bytes) -> None:
         """Every byte the board sends (the session log)."""
@@ -95,6 +99,41 @@ class Connection:
     def connected(self) -> bool:
         return self.board is not None and not self.board.closed
 
+    @property
+    def remembered(self) -> bool:
+        """Connected once and not disconnected on purpose (a lost link, a restarted kernel's board)."""
+        return self.saved_state is not None
+
+    @property
+    def restoring(self) -> bool:
+        """A restarted kernel's board, not reconnected yet (it reconnects when first used)."""
+        return self._restore is not None
+
+    @property
+    def target(self) -> str | None:
+        """What this board is, to tell whether a connect magic names it again: "emulator KIND" or its URL."""
+        state = self.saved_state or {}
+        if state.get("emulator"):
+            return f"emulator {state['emulator']}"
+        return state.get("url") or self.url
+
+    @property
+    def where(self) -> str:
+        """The board for messages: "the emulated unix board" (its pty changes every start) or where it is."""
+        target = self.target
+        if target and target.startswith("emulator "):
+            return f"the emulated {target.split(' ', 1)[1]} board"
+        return target or "no board"
+
+    @property
+    def where_short(self) -> str:
+        """The board's URL for %boards ("emulator unix" for an emulated board)."""
+        return self.target or "-"
+
+    @property
+    def _as_name(self) -> str:
+        return "" if self.default else f" --as {self.name}"
+
     def require(self) -> Board:
         """The board, connecting first when there is none (see the module's docstring for the order)."""
         if not self.connected:
@@ -105,6 +144,9 @@ class Connection:
 
     def _auto_connect(self) -> None:
         state, self._restore = self._restore, None
+        if not state and not self.default:
+            raise HostError("NotConnected", f"board {self.name!r} is not connected: connect it again "
+                                            f"({self.reconnect_hint()})")
         if state and state.get("emulator"):
             self.start_emulator(state["emulator"])
             return
@@ -170,6 +212,8 @@ class Connection:
                 soft_reset: bool = False, note: str | None = None, ask: bool = True) -> Board:
         """Connect to the board at `url` (any scheme open_board takes), replacing the current one."""
         self.disconnect()
+        if self.emulator is not None and url != self.emulator.port:
+            self.stop_emulator()   # connecting elsewhere: the emulated board this one replaces ends
         baud = baud or default_baud()
         # DTR/RTS matter on device paths only (URLs and WebREPL have no modem lines).
         link_options = {"esp_reset_lines": self.profile.esp_reset_lines} if not url_scheme(url) else {}
@@ -187,7 +231,8 @@ class Connection:
         # An emulated board's pty changes on every start: name the board instead, so a saved
         # notebook's output does not change from run to run (papermill, nbclient, nbconvert).
         where = f"the emulated {self.emulator_kind} board" if self.emulator is not None else board.description
-        self.say(f"{note + ': ' if note else ''}connected to {where} {board.summary}\n")
+        named = "" if self.default else f" as {self.name!r}"
+        self.say(f"{note + ': ' if note else ''}connected to {where} {board.summary}{named}\n")
         return board
 
     def start_emulator(self, kind: str) -> Board:
@@ -195,7 +240,7 @@ class Connection:
 
         self.disconnect()
         self.stop_emulator()
-        flash = flash_folder(kind)
+        flash = flash_folder(kind, None if self.default else self.name)
         flash.mkdir(parents=True, exist_ok=True)
         self.say(f"starting an emulated {kind} board (files in {flash})\n")
         try:
@@ -238,10 +283,16 @@ class Connection:
 
     def reconnect_hint(self) -> str:
         """The magic that connects this board again, for the message after its link is lost."""
-        if self.emulator is not None:
-            return f"%serialconnect --emulator {self.emulator_kind}"
-        cls = link_class(self.url or "")
-        return cls.connect_hint if cls is not None else "%mqttconnect"
+        target = self.target or ""
+        if target.startswith("emulator "):
+            return f"%serialconnect --emulator {target.split(' ', 1)[1]}{self._as_name}"
+        cls = link_class(target)
+        magic = cls.connect_hint if cls is not None else "%mqttconnect"
+        if self.default:
+            return magic
+        # A named board is never auto-detected: the hint names it in full.
+        where = f"--port {target}" if magic == "%serialconnect" else target.split("?", 1)[0]
+        return f"{magic} {where}{self._as_name}"
 
     def stop_emulator(self) -> None:
         emulator, self.emulator = self.emulator, None

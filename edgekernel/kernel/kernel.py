@@ -14,8 +14,8 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from ..device.board import Board
 from . import builtin_magics  # noqa: F401
 from . import introspect
 from .background import BackgroundJob
+from .boards_registry import BoardRegistry, BoardSlot, worker_slot
 from .connection import Connection
 from .ipykernel_adapter import current_request, iopub_topic, let_ipython_read_stdin, pause_before_reply, shell_is_busy
 from .magics import REGISTRY as magics
@@ -101,20 +102,22 @@ _EXIT_CELL = re.compile(r"\s*(exit|quit)\s*(\(\s*(keep_kernel\s*=\s*(?P<keep>Tru
 
 
 class BoardHandle:
-    """What `%%local` cells see as `board`: values move as data, never eval'd text.
+    """What `%%local` cells see as `board` (the active board) and `boards["NAME"]` (a named one):
+    values move as data, never eval'd text.
 
     >>> board.eval("[p.value() for p in pins]")      # -> a Python list
-    >>> board.exec("led.on()")                         # -> output text
+    >>> boards["left"].exec("led.on()")                # -> output text
     """
 
-    def __init__(self, kernel: "MicroPythonKernel") -> None:
+    def __init__(self, kernel: "MicroPythonKernel", name: str | None = None) -> None:
         self._kernel = kernel
+        self._name = name   # None: whichever board is active
 
     def eval(self, expression: str) -> Any:
-        return self._kernel.call_on_board(lambda board: board.eval(expression))
+        return self._kernel.call_on_board(lambda board: board.eval(expression), name=self._name)
 
     def exec(self, code: str) -> str:
-        result = self._kernel.call_on_board(lambda board: board.exec(code))
+        result = self._kernel.call_on_board(lambda board: board.exec(code), name=self._name)
         if result.error:
             raise DeviceError(f"{result.error.type}: {result.error.message}")
         return result.text
@@ -126,8 +129,32 @@ class BoardHandle:
         self.exec(f"{name} = {value!r}")
 
     def __repr__(self) -> str:
-        board = self._kernel.board
-        return f"<board {board.description if board else '(not connected)'}>"
+        slot = self._kernel.boards.slots.get(self._name or self._kernel.boards.active)
+        connection = slot.connection if slot is not None else None
+        board = connection.board if connection is not None and connection.connected else None
+        named = f" {self._name!r}" if self._name else ""
+        return f"<board{named} {board.description if board else '(not connected)'}>"
+
+
+class BoardMap(Mapping[str, BoardHandle]):
+    """`boards` in `%%local` cells: the notebook's boards by name (`boards["left"].eval("x")`)."""
+
+    def __init__(self, kernel: "MicroPythonKernel") -> None:
+        self._kernel = kernel
+
+    def __getitem__(self, name: str) -> BoardHandle:
+        if name not in self._kernel.boards.names():
+            self._kernel.boards.get(name)   # the one-line error naming the boards there are
+        return BoardHandle(self._kernel, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kernel.boards.names())
+
+    def __len__(self) -> int:
+        return len(self._kernel.boards.names())
+
+    def __repr__(self) -> str:
+        return f"<boards {', '.join(self) or '(none connected)'}>"
 
 
 class MicroPythonKernel(IPythonKernel):
@@ -151,22 +178,23 @@ class MicroPythonKernel(IPythonKernel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.profile = board_kind(os.environ.get(PROFILE_ENV))
-        self.connection = Connection(self._session_files(), self.profile, say=self.say, ask_secret=self.ask_secret)
-        # Every exchange with the board (cells, magics, completion, transfers, %%bg) runs on
-        # this one thread, so only one thing talks to the board at a time and Kernel ->
-        # Interrupt has one meaning: Ctrl-C for whatever the board is doing.
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="board")
-        self._board_jobs = 0                 # board jobs submitted and not finished
+        # The notebook's boards by name. Every exchange with one board (cells, magics, completion,
+        # transfers, %%bg) runs on that board's one worker thread, so only one thing talks to a
+        # board at a time, two boards never wait for each other, and Kernel -> Interrupt has one
+        # meaning: Ctrl-C for whatever the running request's board is doing.
+        self.boards = BoardRegistry(self._session_files(), self.profile, say=self.say, ask_secret=self.ask_secret)
+        self._cell_slot: BoardSlot | None = None   # the board of a %%on cell while it runs
+        self._interruptible: list[BoardSlot] = []  # boards of the requests awaited now (Interrupt -> Ctrl-C)
+        self._sigint_previous: Any = None
         self.last_output = b""
         self.output_limit = output_limit_from_env()   # characters of a cell's output sent to the page
-        self.signatures = introspect.SignatureIndex()
-        self.bg_job: BackgroundJob | None = None
         self.pending_payload: list[dict[str, Any]] = []  # e.g. set_next_input from %fetchfile --load
         self._input_cancelled = threading.Event()
         self._request: tuple[Any, dict[str, Any] | None, bool] = (None, None, False)  # ident, parent, allow_stdin
         self.current_cell = CellContext(0, True, False)
         if self.shell is not None:
             self.shell.user_ns["board"] = BoardHandle(self)
+            self.shell.user_ns["boards"] = BoardMap(self)
 
     def _session_files(self) -> tuple[Path, Path]:
         connection_file = getattr(self.parent, "abs_connection_file", None) or f"kernel-{os.getpid()}.json"
@@ -179,21 +207,48 @@ class MicroPythonKernel(IPythonKernel):
     # -- the board, for magics and %%local ------------------------------------------------
 
     @property
+    def current_slot(self) -> BoardSlot:
+        """The board this code is for: on a board's worker that board; else the %%on cell's board
+        while one runs; else the active board."""
+        return worker_slot() or self._cell_slot or self.boards.active_slot
+
+    @property
+    def connection(self) -> Connection:
+        """The current board's Connection (see current_slot)."""
+        return self.current_slot.connection
+
+    @property
     def board(self) -> Board | None:
-        return self.connection.board if self.connection.connected else None
+        connection = self.connection
+        return connection.board if connection.connected else None
 
     @property
     def log_path(self) -> Path:
         return self.connection.log_path
 
+    @property
+    def bg_job(self) -> BackgroundJob | None:
+        """The current board's %%bg job (each board has its own)."""
+        job: BackgroundJob | None = self.current_slot.bg_job
+        return job
+
+    @bg_job.setter
+    def bg_job(self, job: BackgroundJob | None) -> None:
+        self.current_slot.bg_job = job
+
+    @property
+    def signatures(self) -> introspect.SignatureIndex:
+        """Signatures of functions defined by cells run on the current board."""
+        return self.current_slot.signatures
+
     def check_board_free(self) -> None:
-        if self.bg_job is not None and self.bg_job.running:
-            raise HostError("BoardBusy", "board busy: a %%bg job is running (%bg shows it, %bg stop ends it)")
+        self.current_slot.check_free()
 
     def require_board(self) -> Board:
-        """The board, connecting first if needed; refused while a %%bg job holds it."""
-        self.check_board_free()
-        return self.connection.require()
+        """The current board, connecting first if needed; refused while a %%bg job holds it."""
+        slot = self.current_slot
+        slot.check_free()
+        return slot.connection.require()
 
     def say(self, text: str, name: str = "stdout") -> None:
         """A host-side message in the current cell's output (from any thread)."""
@@ -226,34 +281,68 @@ class MicroPythonKernel(IPythonKernel):
 
     @property
     def board_busy(self) -> bool:
-        """True while the board worker has a job (a cell, a magic, a transfer, a %%bg job)."""
-        return self._board_jobs > 0
+        """True while the current board's worker has a job (a cell, a magic, a transfer, a %%bg job)."""
+        return self.current_slot.busy
 
     def submit_to_board(self, work: Callable[[], T]) -> "Future[T]":
-        """Queue `work` (it talks to the board) on the board worker."""
-        self._board_jobs += 1
+        """Queue `work` (it talks to the board) on the current board's worker."""
+        return self.current_slot.submit(work)
 
-        def job() -> T:
-            try:
-                return work()
-            finally:
-                self._board_jobs -= 1
-        return self._worker.submit(job)
+    def call_on_board(self, work: Callable[[Board], T], *, name: str | None = None) -> T:
+        """Run `work(board)` on the board's worker and wait for it (for %%local's `board` and
+        `boards[name]`, which run in host IPython on this thread while the workers are idle)."""
+        slot = self.boards.get(name) if name is not None else self.current_slot
+        slot.check_free()
+        return slot.submit(lambda: work(slot.connection.require())).result()
 
-    def call_on_board(self, work: Callable[[Board], T]) -> T:
-        """Run `work(board)` on the board worker and wait for it (for %%local's `board`, which runs
-        in host IPython on this thread while the worker is idle)."""
-        self.check_board_free()
-        return self.submit_to_board(lambda: work(self.require_board())).result()
-
-    async def on_board(self, work: Callable[[], T]) -> T:
-        """Run `work` on the board worker and await it; Kernel -> Interrupt meanwhile is the board's Ctrl-C."""
-        future = asyncio.wrap_future(self.submit_to_board(work))
-        previous = self._catch_sigint()
+    async def on_board(self, work: Callable[[], T], *, slot: BoardSlot | None = None) -> T:
+        """Run `work` on the board's worker (the current board's unless `slot`) and await it;
+        Kernel -> Interrupt meanwhile is that board's Ctrl-C. A lost link disconnects that board."""
+        slot = slot or self.current_slot
+        future = asyncio.wrap_future(slot.submit(work))
+        self._catch_sigint(slot)
         try:
             return await future
+        except LinkClosed:
+            slot.connection.disconnect()
+            raise
         finally:
-            self._release_sigint(previous)
+            self._release_sigint(slot)
+
+    # -- connecting boards (for the connect magics) ---------------------------------------
+
+    async def connect_board(self, name: str | None, connect: Callable[[Connection], Any], *,
+                            target: str | None) -> None:
+        """Run `connect(connection)` on that board's worker: `name` None connects the current board
+        (replacing what it was connected to); a new name adds a board (`target`, its URL or "emulator
+        KIND", tells a connect cell run again from a clash with another board). Connected with a
+        name, it becomes the board later cells run on."""
+        if name is None:
+            slot, made = self.current_slot, False
+        else:
+            slot, made = self.boards.claim(name, target)
+        slot.check_free()
+        try:
+            await self.on_board(lambda: connect(slot.connection), slot=slot)
+        except BaseException:
+            if made and not slot.listed:
+                self.boards.forget(slot)   # a first connect that failed leaves no board behind
+            raise
+        if name is not None and self.boards.active != slot.name:
+            others = [n for n in self.boards.names() if n != slot.name]
+            self.boards.activate(slot.name)
+            if others:
+                self.say(f"cells now run on {slot.name!r} ({', '.join(repr(n) for n in others)} also connected: "
+                         f"%board NAME switches, %%on NAME runs one cell there)\n")
+
+    async def disconnect_board(self, name: str | None) -> str | None:
+        """Disconnect a board (default: the current one) for good: a restart does not reconnect it,
+        and a named board leaves the notebook. Its description, or None if it was not connected."""
+        slot = self.boards.get(name) if name is not None else self.current_slot
+        slot.check_free()
+        was = await self.on_board(lambda: slot.connection.disconnect(forget=True), slot=slot)
+        self.boards.forget(slot)
+        return was
 
     # -- execution -------------------------------------------------------------------
 
@@ -293,22 +382,36 @@ class MicroPythonKernel(IPythonKernel):
             self.shell.execution_count += 1
 
         self.current_cell = CellContext(count, silent, allow_stdin)
-
-        async def board_cell() -> dict[str, Any] | None:
-            body = rest
-            consumed, reply = await self._run_magic_lines(magic_lines, rest)
-            if consumed:
-                return reply
-            if body.strip():
-                return await self.execute_on_board(body, silent, allow_stdin, count)
-            return None
-
         self.pending_payload = []
-        reply = await self._host_side(board_cell(), count, silent)
+        reply = await self._host_side(self._board_cell(magic_lines, rest), count, silent)
         reply = reply or {"status": "ok", "execution_count": count, "payload": [], "user_expressions": {}}
         if self.pending_payload and reply["status"] == "ok":
             reply["payload"] = self.pending_payload
         return reply
+
+    async def _board_cell(self, magic_lines: list[str], rest: str) -> dict[str, Any] | None:
+        """The current cell's leading magics, then its board code (unless a cell magic took it)."""
+        consumed, reply = await self._run_magic_lines(magic_lines, rest)
+        if consumed:
+            return reply
+        if rest.strip():
+            cell = self.current_cell
+            return await self.execute_on_board(rest, cell.silent, cell.allow_stdin, cell.count)
+        return None
+
+    async def run_cell_on(self, name: str, body: str) -> dict[str, Any] | None:
+        """Run `body` (board code, after magics of its own) as the current cell on the board `name`
+        (%%on NAME): completion, file magics, %%bg and Interrupt follow it until the cell ends."""
+        slot = self.boards.get(name)
+        magic_lines, rest = split_leading_magics(body, magics.body_magics)
+        if magic_lines and magic_lines[-1].split()[0] == "%%local":
+            raise HostError("UsageError", f"%%on {name} runs board code: a %%local cell reaches that board as "
+                                          f"boards[{name!r}] (boards[{name!r}].eval(...), .exec(...))")
+        previous, self._cell_slot = self._cell_slot, slot
+        try:
+            return await self._board_cell(magic_lines, rest)
+        finally:
+            self._cell_slot = previous
 
     async def _host_side(self, work: Any, count: int, silent: bool) -> dict[str, Any] | None:
         """Await `work`; turn every host-side failure into an error reply (never silence)."""
@@ -322,8 +425,7 @@ class MicroPythonKernel(IPythonKernel):
         except MagicError as exc:
             return self._error_reply("UsageError", str(exc), count, silent)
         except (LinkError, DeviceError, OSError) as exc:
-            if isinstance(exc, LinkClosed):
-                self.connection.disconnect()
+            # (A lost link has disconnected its board already: on_board knows which board it was.)
             return self._error_reply(type(exc).__name__, str(exc), count, silent)
         except KeyboardInterrupt:
             # Kernel -> Interrupt while the cell's host-side part ran on the event loop.
@@ -352,8 +454,9 @@ class MicroPythonKernel(IPythonKernel):
             elif magic.host_only:
                 magic.handler(self, args, cell_body)
             else:
-                self.check_board_free()   # refused at once, not queued behind a %%bg job
-                await self.on_board(functools.partial(magic.handler, self, args, cell_body))
+                slot = self.current_slot
+                slot.check_free()   # refused at once, not queued behind a %%bg job
+                await self.on_board(functools.partial(magic.handler, self, args, cell_body), slot=slot)
             consumed = consumed or magic.is_cell
         return consumed, reply
 
@@ -369,7 +472,8 @@ class MicroPythonKernel(IPythonKernel):
         `observe` sees every byte the board prints (on the board worker), e.g. %%plot's parser.
         """
         loop = asyncio.get_running_loop()
-        self.check_board_free()
+        slot = self.current_slot
+        slot.check_free()
         ident, parent = current_request(self)
 
         def send_stream(text: str) -> None:
@@ -385,7 +489,7 @@ class MicroPythonKernel(IPythonKernel):
 
         out = StreamCoalescer(send_stream, limit=self.output_limit, show_tail=show_tail,
                               where_all=f"%output --save FILE writes all of it to a file; every byte the board "
-                                        f"sent is in {self.log_path}")
+                                        f"sent is in {slot.connection.log_path}")
         collected = bytearray()
 
         def on_output(data: bytes) -> None:
@@ -404,9 +508,11 @@ class MicroPythonKernel(IPythonKernel):
             return self._ask_front_end(prompt, ident, parent)
 
         def run() -> ExecResult:
-            return self.require_board().exec(code, on_output=on_output, on_input=on_input, show_value=not silent)
+            slot.check_free()
+            return slot.connection.require().exec(code, on_output=on_output, on_input=on_input,
+                                                  show_value=not silent)
 
-        job = asyncio.ensure_future(self.on_board(run))
+        job = asyncio.ensure_future(self.on_board(run, slot=slot))
 
         def flush_while_running(interval: float) -> None:
             # The interval grows while output keeps flowing: prompt at first,
@@ -422,13 +528,13 @@ class MicroPythonKernel(IPythonKernel):
         except LinkClosed as exc:
             out.flush(final=True)
             self.last_output = bytes(collected)
-            again = self.connection.reconnect_hint()
-            self.connection.disconnect()
+            slot.connection.disconnect()
+            again = slot.connection.reconnect_hint()
             raise LinkClosed(f"{exc}; nothing was lost up to here (%output shows it). "
                              f"Reconnect with {again}") from None
         out.flush(final=True)
         self.last_output = bytes(collected)
-        self.signatures.learn(code)
+        slot.signatures.learn(code)
         if result.error or result.reset:
             return self._board_error_reply(result, code, count, silent)
         if result.value is not None and not silent:
@@ -468,21 +574,33 @@ class MicroPythonKernel(IPythonKernel):
     # Kernel -> Interrupt arrives as SIGINT (interrupt_mode "signal", or ipykernel
     # turning an interrupt_request message into one). While board code runs it
     # becomes Ctrl-C on the board instead of a KeyboardInterrupt in the event loop.
-    def _catch_sigint(self) -> Any:
+    # Requests on different boards may be awaited at once (a cell on one, a completion on another):
+    # the handler stays installed while any is, and the previous one comes back after the last.
+    def _catch_sigint(self, slot: BoardSlot) -> None:
         if threading.current_thread() is not threading.main_thread():
-            return None
-        return signal.signal(signal.SIGINT, self._on_sigint)
+            return
+        self._interruptible.append(slot)
+        if len(self._interruptible) == 1:
+            self._sigint_previous = signal.signal(signal.SIGINT, self._on_sigint)
 
-    def _release_sigint(self, previous: Any) -> None:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    def _release_sigint(self, slot: BoardSlot) -> None:
+        if slot not in self._interruptible:
+            return
+        self._interruptible.remove(slot)
+        if not self._interruptible:
+            signal.signal(signal.SIGINT, self._sigint_previous)
+            self._sigint_previous = None
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self._input_cancelled.set()
-        board = self.board
-        if board is not None:
-            # From another thread: the board worker may hold the link's write lock (a transfer).
-            threading.Thread(target=board.interrupt, name="board-interrupt", daemon=True).start()
+        # The running cell's board; another board's %%bg job goes on (%bg stop ends it).
+        cell = self._cell_slot or self.boards.active_slot
+        targets = [cell] if cell in self._interruptible else list(dict.fromkeys(self._interruptible))
+        for slot in targets:
+            board = slot.connection.board
+            if board is not None:
+                # From another thread: the board's worker may hold the link's write lock (a transfer).
+                threading.Thread(target=board.interrupt, name=f"board-interrupt-{slot.name}", daemon=True).start()
 
     def _ask_front_end(self, prompt: str, ident: Any, parent: Any, password: bool = False) -> str | None:
         """An input_request for the board's input(), answered or interrupted.
@@ -512,16 +630,19 @@ class MicroPythonKernel(IPythonKernel):
     @answers_always(_request_fault)
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
         cursor_pos = len(code) if cursor_pos is None else cursor_pos
-        if self.board_busy:   # the board is running something: answer now, without it
+        slot = self.current_slot
+        if slot.busy:   # the board is running something: answer now, without it
             return introspect.complete(None, code, cursor_pos)
-        return await self.on_board(lambda: introspect.complete(self.board, code, cursor_pos))
+        return await self.on_board(lambda: introspect.complete(self.board, code, cursor_pos), slot=slot)
 
     @answers_always(_request_fault)
     async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
                          omit_sections: Any = ()) -> dict[str, Any]:
-        if self.board_busy:
-            return introspect.inspect(None, code, cursor_pos, self.signatures)
-        return await self.on_board(lambda: introspect.inspect(self.board, code, cursor_pos, self.signatures))
+        slot = self.current_slot
+        if slot.busy:
+            return introspect.inspect(None, code, cursor_pos, slot.signatures)
+        return await self.on_board(lambda: introspect.inspect(self.board, code, cursor_pos, slot.signatures),
+                                   slot=slot)
 
     @answers_always(_is_complete_fault)
     async def do_is_complete(self, code: str) -> dict[str, Any]:
@@ -552,19 +673,9 @@ class MicroPythonKernel(IPythonKernel):
 
     @answers_always(_shutdown_fault)
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
-        # Every step runs whatever the one before it did: a board that fails to
-        # close must not keep the emulator running or the reply from going out.
-        steps = [self._stop_background_job, functools.partial(self.connection.close, restart=restart),
-                 functools.partial(self._worker.shutdown, wait=False, cancel_futures=True)]
-        for step in steps:
-            try:
-                step()
-            except Exception:
-                self.log.error("shutdown step %s failed", step, exc_info=True)
+        # Every step of every board runs whatever the one before it did: a board that fails to
+        # close must not keep an emulator running or the reply from going out.
+        for failure in self.boards.close(restart=restart):
+            self.log.error("closing a board at shutdown failed", exc_info=failure)
         reply = super().do_shutdown(restart)
         return await reply if inspect.isawaitable(reply) else reply
-
-    def _stop_background_job(self) -> None:
-        job, self.bg_job = self.bg_job, None  # shutting down: the board is released whatever the job did
-        if job is not None and job.running:
-            job.stop()

@@ -70,13 +70,18 @@ def _bg_args(p: Any) -> None:
 @magics.add("bg", "show the background job (status and latest output), or stop it", arguments=_bg_args,
             host_only=True)
 def _bg_line(kernel: Any, args: Any, body: str) -> None:
-    job = kernel.bg_job
+    # Each board has its own job; %bg is about the current board's (%%on NAME + %bg: another's).
+    slot = kernel.current_slot
+    job = slot.bg_job
+    on = "" if len(kernel.boards.names()) < 2 else f" on {slot.name!r}"
     if job is None:
-        kernel.say("no background job: start one with %%bg\n")
+        elsewhere = [name for name in kernel.boards.names() if kernel.boards.slots[name].bg_job is not None]
+        hint = f" ({', '.join(repr(n) for n in elsewhere)} has one: %%on NAME then %bg)" if elsewhere else ""
+        kernel.say(f"no background job{on}: start one with %%bg{hint}\n")
         return
     if args.action == "stop" and job.running:
         job.stop()
-    kernel.say(f"background job {job.status()}\n")
+    kernel.say(f"background job{on} {job.status()}\n")
     text = job.output_text(args.lines)
     if text:
         kernel.say(text if text.endswith("\n") else text + "\n")
