@@ -18,11 +18,16 @@ KEEP_BYTES = 1 << 20  # the latest output kept in memory (everything is in the s
 
 
 class BackgroundJob:
-    """One %%bg cell. `submit(work)` queues it where board I/O runs (the kernel's board worker)."""
+    """One %%bg cell. `submit(work)` queues it where board I/O runs (the kernel's board worker).
 
-    def __init__(self, board: Board, code: str, submit: Callable[[Callable[[], None]], Future[None]]) -> None:
+    `observe` (e.g. %%plot --bg's parser) sees every byte the board prints, on the board worker.
+    """
+
+    def __init__(self, board: Board, code: str, submit: Callable[[Callable[[], None]], Future[None]], *,
+                 observe: Callable[[bytes], None] | None = None) -> None:
         self.board = board
         self.code = code
+        self.observe = observe
         self.started = time.time()
         self.finished: float | None = None
         self.result: ExecResult | None = None
@@ -36,6 +41,8 @@ class BackgroundJob:
             self._output += data
             if len(self._output) > KEEP_BYTES:
                 del self._output[: len(self._output) - KEEP_BYTES]
+        if self.observe is not None:
+            self.observe(data)
 
     def _run(self) -> None:
         try:

@@ -8,3 +8,4 @@ from . import mip_magics  # noqa: F401
 from . import mount_magics  # noqa: F401
 from . import session_magics  # noqa: F401
 from . import toolchain_magics  # noqa: F401
+from . import plot_magics  # noqa: F401

@@ -1,0 +1,130 @@
+"""Printed lines to plot samples, for %%plot (pure: no Jupyter, no board).
+
+A line is one sample when it holds only numbers, optionally named, the way the Arduino serial plotter
+and Thonny read a board's output:
+
+    21.5 40             -> col1=21.5, col2=40    (separated by spaces, commas, tabs or semicolons)
+    temp:21.5 hum:40    -> temp=21.5, hum=40     (also `temp=21.5`, `temp: 21.5`: print("temp:", t))
+    t=3, 1.5            -> t=3, col1=1.5         (unnamed values are numbered among the unnamed ones)
+
+Numbers are what MicroPython prints: -3, +2.5, .5, 1e-05, 1.5E+10, nan, inf, -inf. Any other text on a
+line (a word, a unit, a bracket) makes the whole line ordinary output: no guessing.
+"""
+from __future__ import annotations
+
+import codecs
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
+NAME = r"[A-Za-z_][A-Za-z0-9_.]*"
+_SEPARATOR = re.compile(r"[\s,;]*")
+_TOKEN = re.compile(rf"(?:(?P<name>{NAME})\s*[:=]\s*)?(?P<value>{NUMBER})(?=[\s,;]|$)", re.IGNORECASE)
+UNNAMED = "col{}"  # the name of the n-th unnamed value of a line (1-based)
+MAX_LINE = 4096    # a longer line without a newline is not a sample: dropped from the parser's buffer
+
+
+def parse_line(line: str) -> dict[str, float] | None:
+    """The sample a line holds ({series: value}, in the line's order), or None if it is ordinary text."""
+    sample: dict[str, float] = {}
+    unnamed = 0
+    pos = _SEPARATOR.match(line).end()  # type: ignore[union-attr]
+    while pos < len(line):
+        token = _TOKEN.match(line, pos)
+        if token is None:
+            return None
+        name = token.group("name")
+        if name is None:
+            unnamed += 1
+            name = UNNAMED.format(unnamed)
+        sample[name] = float(token.group("value"))
+        pos = _SEPARATOR.match(line, token.end()).end()  # type: ignore[union-attr]
+    return sample or None
+
+
+@dataclass
+class PlotData:
+    """Samples parsed from board output as it arrives (feed from any thread, read from another).
+
+    Bytes may end anywhere: in the middle of a line, of a number or of a UTF-8 sequence; the
+    unfinished line waits for its newline (or for finish(), which takes it as the last line).
+    """
+
+    samples: list[dict[str, float]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)   # series names in order of first appearance
+    text_lines: int = 0                                 # complete lines that were not samples
+    version: int = 0                                    # bumped by every new sample
+
+    def __post_init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._skipping = False
+        self._lock = threading.Lock()
+
+    def feed(self, data: bytes) -> None:
+        self.feed_text(self._decoder.decode(data))
+
+    def feed_text(self, text: str) -> None:
+        if not text:
+            return
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        if self._skipping:
+            # The rest of an overlong line: not a sample, whatever it ends with.
+            if not lines:
+                self._partial = ""
+                return
+            lines.pop(0)
+            self._skipping = False
+        if len(self._partial) > MAX_LINE:
+            self._partial = ""
+            self._skipping = True
+            self.text_lines += 1
+        self._take(lines)
+
+    def finish(self) -> None:
+        """The output ended: an unfinished last line counts as a line."""
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        if rest and not self._skipping:
+            self._take([rest])
+
+    def _take(self, lines: list[str]) -> None:
+        parsed = []
+        for line in lines:
+            sample = parse_line(line.rstrip("\r"))
+            if sample is None:
+                if line.strip():
+                    self.text_lines += 1
+            else:
+                parsed.append(sample)
+        if not parsed:
+            return
+        with self._lock:
+            for sample in parsed:
+                for name in sample:
+                    if name not in self.columns:
+                        self.columns.append(name)
+                self.samples.append(sample)
+            self.version += 1
+
+    def snapshot(self, last: int | None = None) -> tuple[int, list[str], list[dict[str, float]], int]:
+        """(version, columns, the samples (the last `last` only), index of the first returned sample)."""
+        with self._lock:
+            start = max(0, len(self.samples) - last) if last else 0
+            return self.version, list(self.columns), self.samples[start:], start
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def frame(self) -> Any:
+        """All the samples as a pandas DataFrame: one column per series, one row per sample (index
+        `sample`, from 0); NaN where a line did not have that series."""
+        import pandas as pd
+
+        _, columns, samples, _ = self.snapshot()
+        frame = pd.DataFrame.from_records(samples, columns=columns) if samples else pd.DataFrame(columns=columns)
+        frame.index.name = "sample"
+        return frame.astype("float64")
