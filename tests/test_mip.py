@@ -355,3 +355,127 @@ def test_cli_and_mpremote_install_the_same_files(index, boards) -> None:
     assert done.stderr.startswith(f"edgekernel: no package 'nosuchpkg' in {url}"), done
     boards.stop(ours)
     boards.stop(theirs)
+
+
+# -- a full flash ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_flash(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KB filesystem as the board's flash: a real tmpfs (mounting one needs root), so the board
+    gets real ENOSPC errors from the kernel."""
+    if os.geteuid() != 0:
+        pytest.skip("a small flash is a 64 KB tmpfs, and mounting one needs root")
+    folder = tmp_path / "flash64k"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, timeout=30)
+
+
+def test_full_flash_says_what_was_installed_and_what_was_not(index, boards, kernels, small_flash: Path) -> None:
+    url, root = index
+    board = boards.start("unix", flash_dir=str(small_flash))
+    kernel = kernels.start("micropython", port=board.port, name="micropython/mip-full")
+    kernel.ok("None")
+    # More than the flash holds in all: refused before anything is written.
+    run = kernel.execute(f"%mip install hugepkg --index {url}")
+    assert run.status == "error" and run.content["ename"] == "MipError", run
+    evalue = run.content["evalue"]
+    assert evalue.startswith("not enough space on the board: the files need ") and "nothing was installed" in evalue
+    assert tree(small_flash) == {}
+    # Fits by bytes, not by the filesystem's blocks: the flash fills up part way.
+    run = kernel.execute(f"%mip install bigpkg --index {url}")
+    assert run.status == "error" and run.content["ename"] == "MipError", run
+    evalue = run.content["evalue"]
+    assert "\n" not in evalue and "the board's flash is full; installed: /lib/bigpkg/part0.mpy, " in evalue, evalue
+    installed = evalue.split("installed: ")[1].split(";")[0].split(", ")
+    not_installed = evalue.split("not installed: ")[1].split(" (")[0].split(", ")
+    expected = {f"/lib/{p}": d for p, d in index_file(root, MPY, "bigpkg").items()}
+    assert installed and not_installed and sorted(installed + not_installed) == sorted(expected), evalue
+    # The stream named each file written; the board holds exactly those, whole, and no temporary file.
+    assert [line.split()[1] for line in run.stream().splitlines()[1:]] == installed, run
+    assert tree(small_flash) == {p[1:]: expected[p] for p in installed}
+    # After freeing some space, installing again skips the files already there and writes the others.
+    removed = installed[:4]
+    for path in removed:
+        kernel.ok(f"%rm {path}")
+    run = kernel.execute(f"%mip install bigpkg --index {url}")
+    lines = run.stream().splitlines()
+    assert [f"unchanged  {p}" for p in installed[4:]] == [x for x in lines if x.startswith("unchanged")], run
+    assert lines[len(installed) - 3].startswith(f"installed  {removed[0]} ("), run
+    assert all(tree(small_flash)[p[1:]] == expected[p] for p in installed)
+    kernels.shutdown(kernel)
+    boards.stop(board)
+
+
+# -- WebREPL, MQTT, micro:bit ------------------------------------------------------------------------------
+
+PASSWORD = "m1ppw"
+
+
+def test_install_over_webrepl(index, boards, kernels) -> None:
+    url, root = index
+    board = boards.start("unix", webrepl=0, webrepl_password=PASSWORD)
+    kernel = kernels.start("micropython", name="webrepl-mip", BOARD_PW=PASSWORD)
+    kernel.ok(f"%websocketconnect {board.webrepl} --password-env BOARD_PW")
+    run = kernel.ok(f"%mip install greet --index {url}")
+    assert "3 files installed" in run.stream(), run
+    assert tree(Path(board.flash_dir) / "lib") == {**index_file(root, MPY, "greet"), **index_file(root, MPY, "textutil")}
+    assert kernel.ok("import greet\ngreet.hello()").result_text == "'HELLO V1.1!'"
+    assert "3 unchanged" in kernel.ok(f"%mip install greet --index {url}").stream()
+    kernels.shutdown(kernel)
+    boards.stop(board)
+
+
+def test_cli_over_mqtt(index) -> None:
+    """Through the broker to the board's agent: files go by the literal (per-exec) transfer."""
+    from edgekernel.mqtt.agent import start_agent_board
+    from edgekernel.mqtt.broker import mosquitto_path, start_mosquitto
+    from kernel_fixtures import descendants, wait_gone
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
+    url, root = index
+    secret = "mip-Secret-5"
+    with start_mosquitto(users={"nb": secret}) as broker:
+        mqtt_url = f"mqtt://nb@127.0.0.1:{broker.port}/mipboard"
+        board = start_agent_board(mqtt_url, password=secret)
+        pids = {board.pid} | descendants(board.pid)
+        try:
+            env = dict(os.environ, EK_MIP_PW=secret)
+            done = _cli("mip", "install", "greet", "--index", url, "--port", mqtt_url, "--password-env", "EK_MIP_PW",
+                        env=env)
+            assert done.returncode == 0 and "3 files installed" in done.stdout, done
+            assert tree(Path(board.board.flash_dir) / "lib") == {**index_file(root, MPY, "greet"),
+                                                               **index_file(root, MPY, "textutil")}
+            done = _cli("mip", "install", "greet", "--index", url, "--port", mqtt_url, "--password-env", "EK_MIP_PW",
+                        env=env)
+            assert done.returncode == 0 and "3 unchanged" in done.stdout, done
+        finally:
+            board.stop()
+            assert not wait_gone(pids)
+
+
+def test_microbit_single_files_install_folders_refused(index, boards, kernels) -> None:
+    """MicroPython 1.9.2: no sys.path lib folder, no .mpy version, a flat filesystem."""
+    url, _ = index
+    board = boards.start("microbit", **BOARD_OPTIONS["microbit"])
+    kernel = kernels.start("micropython", port=board.port, name="microbit-mip")
+    kernel.ok("None")
+    run = kernel.ok(f"%mip install textutil --index {url}")
+    lines = run.stream().splitlines()
+    assert lines[0] == f"installing textutil 0.3 into the top level (source (.py) files from {url})", run
+    assert lines[1] == f"installed  textutil.py ({len(TEXTUTIL)} bytes)", run
+    assert kernel.ok("import textutil\ntextutil.shout('bit')").result_text == "'BIT!'"
+    assert "1 unchanged" in kernel.ok(f"%mip install textutil --index {url}").stream()
+    run = kernel.execute(f"%mip install greet --index {url}")
+    assert run.status == "error" and run.content["ename"] == "MipError", run
+    assert run.content["evalue"] == ("this board has a flat filesystem (no folders), and greet/__init__.py needs one: "
+                                     "only packages of single files install here (nothing was installed)")
+    assert kernel.ok("import os\nsorted(os.listdir())").result_text == "['textutil.py']"
+    kernels.shutdown(kernel)
+    boards.stop(board)
