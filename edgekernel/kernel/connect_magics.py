@@ -22,8 +22,8 @@ from .magics import HostError
 
 def _as_arg(p: Any) -> None:
     p.add_argument("--as", dest="name", metavar="NAME",
-                   help="add the board to the notebook under this name (%board NAME switches to it, "
-                        "%%on NAME runs one cell there); default: connect the current board")
+                   help="add the board to the notebook under this name (%%board NAME switches to it, "
+                        "%%%%on NAME runs one cell there); default: connect the current board")
 
 
 def _serialconnect_args(p: Any) -> None:
@@ -135,7 +135,7 @@ def _reboot(kernel: Any, args: Any, body: str) -> None:
 # -- several boards ------------------------------------------------------------------------------
 
 def _board_args(p: Any) -> None:
-    p.add_argument("name", nargs="?", help="the board later cells run on (%boards lists them)")
+    p.add_argument("name", nargs="?", help="the board later cells run on (%%boards lists them)")
 
 
 @magics.add("board", "make the named board the one later cells run on (--as NAME names a board); "
