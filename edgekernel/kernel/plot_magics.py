@@ -27,6 +27,7 @@ from .plot_parse import PlotData
 DEFAULT_NAME = "plot_data"
 UPDATE_INTERVAL = 0.25   # seconds between chart updates while numbers arrive (at least)
 RENDER_SHARE = 0.4       # ...and at most this share of one core spent drawing (slow charts update less often)
+MAX_INTERVAL = 2.0       # ...but at least this often
 POLL = 0.05              # how often the follower looks for new samples and the end of the run
 MAX_POINTS = 20_000      # points drawn per series (evenly spaced); the DataFrame keeps every sample
 SAMPLE_HINT = "a sample is a line of numbers like `21.5 40` or `temp:21.5 hum:40`"
@@ -69,6 +70,13 @@ def render_png(columns: list[str], samples: list[dict[str, float]], first: int, 
     out = io.BytesIO()
     figure.savefig(out, format="png")
     return out.getvalue()
+
+
+def _import_matplotlib() -> None:
+    from matplotlib.backends import backend_agg  # noqa: F401
+    from matplotlib import font_manager
+
+    font_manager.findfont("DejaVu Sans")   # builds the font cache if there is none yet
 
 
 class LiveChart:
@@ -153,13 +161,19 @@ class LiveChart:
 
     async def follow(self, finished: Callable[[], bool], *, publish_live: bool) -> None:
         """Update the chart while new samples arrive, until `finished()`; then the final chart."""
+        loop = asyncio.get_running_loop()
+        # matplotlib's first import (and, in a fresh environment, its font cache) can take seconds:
+        # done now, while the board starts, so the first chart is not late and its time not taken
+        # for the cost of every drawing.
+        warm_up = loop.run_in_executor(None, _import_matplotlib)
         next_at = time.monotonic() + UPDATE_INTERVAL
         try:
+            await warm_up
             while not finished():
                 await asyncio.sleep(POLL)
                 if time.monotonic() >= next_at and self.data.version != self._drawn_version and len(self.data):
                     took = await self._update(False, publish_live)
-                    next_at = time.monotonic() + max(UPDATE_INTERVAL, took / RENDER_SHARE)
+                    next_at = time.monotonic() + min(MAX_INTERVAL, max(UPDATE_INTERVAL, took / RENDER_SHARE))
         except Exception as exc:
             # Drawing failed (a host fault): the run goes on; the end still leaves the DataFrame.
             self.kernel.log.error("%%plot: live chart failed", exc_info=True)
