@@ -232,6 +232,10 @@ def test_local_folder_package_json_and_py_file(index, unix_files, tmp_path: Path
     assert sorted(report.paths("installed")) == ["/loc/localpkg/helper.py", "/loc/single.py", "/loc/textutil.mpy"]
     flash = Path(board.flash_dir) / "loc"
     assert (flash / "localpkg" / "helper.py").read_text() == "X = 1\n" and (flash / "single.py").read_text() == "Y = 2\n"
+    # The board's hashes, several files per program, are BoardFiles.hash's (a missing file: None).
+    paths = report.paths("installed") + ["/loc/missing.py"] + ["/loc/localpkg/helper.py"] * 8
+    assert MipInstaller(files).board_hashes(paths) == [files.hash(p) for p in paths]
+    assert MipInstaller(files).board_hashes(["/loc/missing.py", "/loc"]) == [None, None]   # a folder is no file
     # The same by the package.json's path: all unchanged now.
     report = MipInstaller(files, index=url, target="/loc").install([str(pkg / "package.json")])
     assert report.paths("installed") == [] and len(report.paths("unchanged")) == 2

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import board_programs
 from .errors import DeviceError
 from .files import BoardFiles, FileTransferError
 
@@ -48,6 +49,7 @@ HOSTS: dict[str, str] = {
 }
 
 HTTP_TIMEOUT = 30.0   # seconds per request (connect and each read)
+HASH_BATCH = 8        # files hashed per program on the board (bounded for the micro:bit's 16 KB heap)
 
 
 class MipError(DeviceError):
@@ -374,10 +376,36 @@ class MipInstaller:
             raise MipError(f"this board has a flat filesystem (no folders), and {example} needs one: only "
                            "packages of single files install here (nothing was installed)")
 
+    def board_hashes(self, paths: list[str]) -> list[tuple[int, bytes | int] | None]:
+        """(size, digest) of each file on the board (None where there is none), as BoardFiles.hash
+        computes them, but several files per program: one round trip instead of one per file, which
+        is most of a reinstall's time on a slow link."""
+        sha256 = self.files.caps.sha256
+        found: list[tuple[int, bytes | int] | None] = []
+        for start in range(0, len(paths), HASH_BATCH):
+            batch = paths[start:start + HASH_BATCH]
+            body = board_programs.HASH_SHA if sha256 else board_programs.HASH_ADLER
+            code = ("def _ekh(p):\n" + "".join(" " + line + "\n" for line in body.splitlines()) +
+                    " h=H();t=0\n try:\n  f=open(p,'rb')\n  while 1:\n   c=f.read(256)\n   if not c:\n    break\n"
+                    "   h.update(c);t+=len(c)\n  f.close()\n except OSError:\n  return None\n"   # none, or a folder
+                    " return (t,h.digest())\n"
+                    f"for p in {batch!r}:\n print('='+repr(_ekh(p)))\n")
+            result = self.files.session.exec(code, scratch=True, timeout=120)
+            if result.error is not None or result.timed_out:
+                why = f"{result.error.type}: {result.error.message}" if result.error else "no answer in 120 s"
+                raise MipError(f"the board could not hash its files ({why}); nothing was installed")
+            lines = [line[1:] for line in result.output.decode(errors="replace").splitlines() if line.startswith("=")]
+            if len(lines) != len(batch):
+                raise MipError(f"unexpected answer from the board hashing its files: {result.output[-80:]!r}")
+            try:
+                found += [ast.literal_eval(line.strip()) for line in lines]
+            except (ValueError, SyntaxError):
+                raise MipError(f"unexpected answer from the board hashing its files: {result.output[-80:]!r}") from None
+        return found
+
     def _compare_and_download(self, report: InstallReport) -> None:
         sha256 = self.files.caps.sha256
-        for item in report.files:
-            on_board = self.files.hash(item.path)
+        for item, on_board in zip(report.files, self.board_hashes([f.path for f in report.files])):
             if item.short_hash and sha256 and on_board is not None and \
                     isinstance(on_board[1], bytes) and on_board[1].hex().startswith(item.short_hash):
                 item.state = "unchanged"    # the board's sha256 matches the index's: nothing to download
