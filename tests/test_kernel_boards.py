@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_fixtures import (CELL_TIMEOUT, Kernel, Run, fresh_kernels, kernel_env, kernels,  # noqa: F401
+from kernel_fixtures import (CELL_TIMEOUT, Kernel, Run, boards, fresh_kernels, kernel_env, kernels,  # noqa: F401
                              no_leftover_processes)
 
 pytestmark = pytest.mark.timeout(180)
@@ -202,6 +202,33 @@ def test_connecting_a_named_board_again_and_disconnecting_one(two: Kernel, kerne
     assert two.ok("%board").stream().startswith("the active board is 'left'")
     assert two.ok("open('hello.txt').read()").result_text == "'from the left'"
     two.ok("%board right")
+
+
+def test_mount_follows_the_board(two: Kernel, tmp_path: Path) -> None:
+    (tmp_path / "hostmod.py").write_text("WHERE = 'host folder'\n")
+    assert "mounted" in two.ok(f"%%on left\n%mount {tmp_path}").stream()
+    assert two.ok("%%on left\nimport hostmod\nhostmod.WHERE").result_text == "'host folder'"
+    missing = two.execute("import hostmod")
+    assert missing.status == "error" and missing.content["ename"] == "ImportError", "the right board has no mount"
+    assert "unmounted" in two.ok("%%on left\n%umount").stream()
+
+
+def test_a_webrepl_board_joins_by_name(two: Kernel, boards, kernel_env) -> None:
+    password = "pw4named"
+    wifi = boards.start("unix", webrepl=0, webrepl_password=password)
+    run = two.execute(f"%websocketconnect {wifi.webrepl} --as wifi", on_input=lambda request: password)
+    assert run.status == "ok" and "as 'wifi'" in run.stream(), run
+    assert two.ok("print('over the air')").stream().replace("\r\n", "\n") == "over the air\n"
+    assert two.ok("%%on left\nopen('hello.txt').read()").result_text == "'from the left'"
+    listed = two.ok("%boards").stream()
+    assert any(line.startswith("*") and " wifi " in line and wifi.webrepl in line for line in listed.splitlines())
+    runtime = Path(kernel_env.env["JUPYTER_RUNTIME_DIR"])
+    written = "".join(p.read_bytes().decode(errors="replace") for p in runtime.glob("edgekernel-*"))
+    assert password not in written, "the password is in no state file or log"
+    assert "disconnected" in two.ok("%disconnect wifi").stream()
+    assert " wifi " not in two.ok("%boards").stream()
+    assert "'right'" in two.ok("%board right").stream()
+    boards.stop(wifi)
 
 
 def test_restart_reconnects_every_board(two: Kernel, kernel_env) -> None:
