@@ -128,7 +128,8 @@ class BoardRegistry:
         self.ask_secret = ask_secret
         self.slots: dict[str, BoardSlot] = {}
         saved = self._read_state()
-        boards = saved.get("boards") if isinstance(saved.get("boards"), dict) else {}
+        raw = saved.get("boards")
+        boards: dict[str, Any] = raw if isinstance(raw, dict) else {}
         self.active = DEFAULT_NAME
         self._add(DEFAULT_NAME, boards.get(DEFAULT_NAME))
         for name, state in boards.items():

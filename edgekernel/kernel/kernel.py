@@ -341,7 +341,10 @@ class MicroPythonKernel(IPythonKernel):
         slot = self.boards.get(name) if name is not None else self.current_slot
         slot.check_free()
         was = await self.on_board(lambda: slot.connection.disconnect(forget=True), slot=slot)
+        active = self.boards.active
         self.boards.forget(slot)
+        if self.boards.active != active and self.boards.names():
+            self.say(f"cells now run on {self.boards.active!r} (%boards lists the boards)\n")
         return was
 
     # -- execution -------------------------------------------------------------------
