@@ -244,6 +244,32 @@ def test_a_board_error_gives_its_traceback_and_the_data_so_far(kernel) -> None:
     assert frame_of(kernel, "partial")["rows"] == [[0, 0], [1, 10], [2, 20]]
 
 
+def test_interrupt_keeps_the_data_so_far(kernel) -> None:
+    msg_id = kernel.send_execute("%%plot --as stopped_here\nimport time\ni = 0\nwhile True:\n    print(i, -i)\n"
+                                 "    i += 1\n    time.sleep(0.02)")
+    pump_until(kernel, msg_id, lambda ms: any("so far" in d[2].get("text/plain", "") for d in displays(ms)))
+    kernel.km.interrupt_kernel()
+    run = kernel.collect(msg_id)
+    assert run.status == "error" and run.content["ename"] == "KeyboardInterrupt"
+    _, updates = chart_messages(run)
+    final = updates[-1]["text/plain"]
+    count = int(final.split(": ")[1].split(" ")[0])
+    assert "so far" not in final and count > 0
+    assert f"stopped_here: {count:,} samples of col1, col2" in run.stream()
+    assert frame_of(kernel, "stopped_here")["rows"] == [[i, -i] for i in range(count)]
+
+
+def test_a_print_flood_past_the_pages_limit_keeps_every_sample(kernel) -> None:
+    # 30,000 lines (~300 KB) are past the page's 256 KB: the page shows the end, the DataFrame has all.
+    run = kernel.ok("%%plot --window 500\nfor i in range(30000):\n    print(i, i % 100, 'v:%d' % (i // 100))")
+    assert "not shown here" in json.dumps([m["content"] for m in run.iopub])
+    _, updates = chart_messages(run)
+    assert updates[-1]["text/plain"] == ("<plot_data: 30,000 samples, the last 500 shown: col1, col2, v; "
+                                         "samples 29500 to 29999>")
+    frame = local_json(kernel, "[len(plot_data), plot_data['col1'].sum(), plot_data['v'].iloc[-1]]")
+    assert frame == [30000, sum(range(30000)), 299]
+
+
 @pytest.mark.parametrize("line, says", [
     ("%%plot --window 0", "--window 0"),
     ("%%plot --as 2x", "not a Python name"),

@@ -35,18 +35,18 @@ SAMPLE_HINT = "a sample is a line of numbers like `21.5 40` or `temp:21.5 hum:40
 _following: set[asyncio.Task[None]] = set()   # the live charts of %%plot --bg jobs (kept from the GC)
 
 
-def render_png(columns: list[str], samples: list[dict[str, float]], first: int, *, x: str | None,
+def render_png(columns: list[str], series: dict[str, list[float]], first: int, *, x: str | None,
                title: str) -> bytes:
     """The chart as PNG bytes: one line per series against the sample number, or against series `x`."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    step = max(1, math.ceil(len(samples) / MAX_POINTS))
-    rows = samples[::step]
+    count = len(next(iter(series.values()), []))
+    step = max(1, math.ceil(count / MAX_POINTS))
     use_x = x is not None and x in columns
-    xs = (np.array([r.get(x, math.nan) for r in rows], dtype=float) if x is not None and use_x
-          else np.arange(first, first + len(samples), step, dtype=float))
+    xs = (np.asarray(series[x][::step], dtype=float) if x is not None and use_x
+          else np.arange(first, first + count, step, dtype=float))
     figure = Figure(figsize=(7.5, 3.6), dpi=96)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -54,7 +54,7 @@ def render_png(columns: list[str], samples: list[dict[str, float]], first: int, 
     for name in columns:
         if use_x and name == x:
             continue
-        ys = np.array([r.get(name, math.nan) for r in rows], dtype=float)
+        ys = np.asarray(series[name][::step], dtype=float)
         # Only the points a series has: a series printed on every other line is still one line.
         keep = np.isfinite(xs) & np.isfinite(ys)
         if keep.any():
@@ -72,9 +72,11 @@ def render_png(columns: list[str], samples: list[dict[str, float]], first: int, 
     return out.getvalue()
 
 
-def _import_matplotlib() -> None:
-    from matplotlib.backends import backend_agg  # noqa: F401
+def _warm_up() -> None:
+    """The first imports of matplotlib and pandas (a second or more), made while the board starts."""
+    import pandas  # noqa: F401
     from matplotlib import font_manager
+    from matplotlib.backends import backend_agg  # noqa: F401
 
     font_manager.findfont("DejaVu Sans")   # builds the font cache if there is none yet
 
@@ -131,14 +133,14 @@ class LiveChart:
 
     def _draw(self, final: bool) -> dict[str, Any]:
         """Runs in a thread: the PNG of the current data (and, when asked, the DataFrame)."""
-        version, columns, samples, first = self.data.snapshot(self.window)
+        version, columns, series, first, count = self.data.snapshot(self.window)
         title = self._summary(final)
-        png = render_png(columns, samples, first, x=self.x, title=title)
+        png = render_png(columns, series, first, x=self.x, title=title)
         self._drawn_version = version
         against = f" against {self.x}" if self.x in columns else ""
         # What the picture shows, in words (front ends without images, and the tests).
         text = f"<{title}: {', '.join(c for c in columns if c != self.x or not against)}{against}; " \
-               f"samples {first} to {first + len(samples) - 1}>"
+               f"samples {first} to {first + count - 1}>"
         return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": text}
 
     async def _update(self, final: bool, publish: bool) -> float:
@@ -163,9 +165,9 @@ class LiveChart:
         """Update the chart while new samples arrive, until `finished()`; then the final chart."""
         loop = asyncio.get_running_loop()
         # matplotlib's first import (and, in a fresh environment, its font cache) can take seconds:
-        # done now, while the board starts, so the first chart is not late and its time not taken
-        # for the cost of every drawing.
-        warm_up = loop.run_in_executor(None, _import_matplotlib)
+        # done now, while the board starts, so the first chart is not late and that time is not
+        # taken for the cost of every drawing.
+        warm_up = loop.run_in_executor(None, _warm_up)
         next_at = time.monotonic() + UPDATE_INTERVAL
         try:
             await warm_up

@@ -90,7 +90,9 @@ def test_plot_updates_live_and_leaves_a_dataframe(notebook_page: NotebookPage, l
     nb.page.keyboard.press("Shift+Enter")
     nb.wait_done(3)
     expect(nb.output(3)).to_contain_text(re.compile(r"rows so far: \d+"))
-    rows_then = int(re.search(r"rows so far: (\d+)", nb.output_text(3)).group(1))
+    found = re.search(r"rows so far: (\d+)", nb.output_text(3))
+    assert found is not None
+    rows_then = int(found.group(1))
     assert 0 < rows_then < 80
     wait_src_change(nb, 2, before)
     nb.screenshot("plot-bg-live")
