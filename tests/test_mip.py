@@ -209,6 +209,7 @@ def test_github_url_with_relative_urls_and_an_index_dependency(index, unix_files
     report = MipInstaller(files, index=url, target="/ghlib", hosts=hosts, say=lines.append).install(
         ["github:someorg/somerepo/tools@main"])
     assert report.paths("installed") == ["/ghlib/ghmod.py", "/ghlib/textutil.mpy"], lines
+    assert lines[0] == f"installing github:someorg/somerepo/tools, textutil 0.3 into /ghlib (.mpy v6 files from {url})\n"
     flash = Path(board.flash_dir)
     assert (flash / "ghlib" / "ghmod.py").read_bytes() == (root / "gh/someorg/somerepo/main/tools/ghmod.py").read_bytes()
     assert (flash / "ghlib" / "textutil.mpy").read_bytes() == index_file(root, MPY, "textutil")["textutil.mpy"]

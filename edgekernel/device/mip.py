@@ -352,8 +352,8 @@ class MipInstaller:
             if not report.files:
                 self.say(f"{', '.join(report.packages)}: no files to install\n")
                 return report
-            self.say(f"installing {', '.join(report.packages)} into {where} ({kind} files"
-                     f"{'' if all(is_url(s) or _is_local(s) for s in specs) else ' from ' + self.index})\n")
+            from_index = f" ({kind} files from {self.index})" if any(f.short_hash for f in report.files) else ""
+            self.say(f"installing {', '.join(report.packages)} into {where}{from_index}\n")
             self._check_folders(report)
             self._compare_and_download(report)
             self._write(report)
