@@ -5,13 +5,15 @@ of its own with its own flash folder.
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from kernel_fixtures import (CELL_TIMEOUT, Kernel, Run, boards, fresh_kernels, kernel_env, kernels,  # noqa: F401
-                             no_leftover_processes)
+from kernel_fixtures import (CELL_TIMEOUT, Kernel, Run, boards, descendants, fresh_kernels, kernel_env,  # noqa: F401
+                             kernels, no_leftover_processes)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -113,6 +115,13 @@ def test_board_switches_and_on_runs_one_cell_elsewhere(two: Kernel) -> None:
     failed = two.execute("%%on left\nx = 1\n1 / 0")
     assert failed.status == "error" and failed.content["ename"] == "ZeroDivisionError"
     assert any("line 3" in line for line in failed.content["traceback"]), failed.content["traceback"]
+    # Each board has its own session log; %output names the one of the board that printed.
+    two.ok("%%on left\nprint('into the left log')")
+    shown = two.ok("%output")
+    assert shown.stream() == "into the left log\n"
+    log = Path(shown.stream("stderr").split(" is in ", 1)[1].split("]", 1)[0])
+    assert log.name.endswith(".left.log") and b"into the left log" in log.read_bytes(), log
+    assert b"into the left log" not in log.with_name(log.name.replace(".left.log", ".right.log")).read_bytes()
 
 
 def test_completion_and_inspection_follow_the_active_board(two: Kernel) -> None:
@@ -229,6 +238,27 @@ def test_a_webrepl_board_joins_by_name(two: Kernel, boards, kernel_env) -> None:
     assert " wifi " not in two.ok("%boards").stream()
     assert "'right'" in two.ok("%board right").stream()
     boards.stop(wifi)
+
+
+def test_a_lost_board_leaves_the_other_working(two: Kernel, kernel_env) -> None:
+    two.ok("%%on left\nprint('left is up')")
+    folder = str(flash(kernel_env, "left"))
+    emulators = [pid for pid in descendants(two.pid)
+                 if Path(f"/proc/{pid}/cmdline").exists() and folder.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+                 and b"edgekernel.emulator" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(emulators) == 1, emulators
+    two.note_processes()
+    os.kill(emulators[0], signal.SIGKILL)   # pull the left board's cable
+    lost = two.execute("%%on left\nprint('anyone?')")
+    assert lost.status == "error" and "%serialconnect --emulator unix --as left" in lost.content["evalue"], lost
+    assert two.ok("print('right goes on')").stream() == "right goes on\n"
+    left = next(line for line in two.ok("%boards").stream().splitlines() if " left " in line)
+    assert "not connected" in left and "--as left" in left, left
+    again = error_line(two.execute("%%on left\nprint(1)"))
+    assert again.startswith("board 'left' is not connected") and "--as left" in again, again
+    two.ok("%serialconnect --emulator unix --as left")
+    assert two.ok("%%on left\nopen('hello.txt').read()").result_text == "'from the left'"
+    two.ok("%board right")
 
 
 def test_restart_reconnects_every_board(two: Kernel, kernel_env) -> None:

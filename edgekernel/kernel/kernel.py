@@ -187,6 +187,7 @@ class MicroPythonKernel(IPythonKernel):
         self._interruptible: list[BoardSlot] = []  # boards of the requests awaited now (Interrupt -> Ctrl-C)
         self._sigint_previous: Any = None
         self.last_output = b""
+        self.last_output_log: Path | None = None   # the session log of the board that printed last_output
         self.output_limit = output_limit_from_env()   # characters of a cell's output sent to the page
         self.pending_payload: list[dict[str, Any]] = []  # e.g. set_next_input from %fetchfile --load
         self._input_cancelled = threading.Event()
@@ -530,13 +531,13 @@ class MicroPythonKernel(IPythonKernel):
             result: ExecResult = await job
         except LinkClosed as exc:
             out.flush(final=True)
-            self.last_output = bytes(collected)
+            self.last_output, self.last_output_log = bytes(collected), slot.connection.log_path
             slot.connection.disconnect()
             again = slot.connection.reconnect_hint()
             raise LinkClosed(f"{exc}; nothing was lost up to here (%output shows it). "
                              f"Reconnect with {again}") from None
         out.flush(final=True)
-        self.last_output = bytes(collected)
+        self.last_output, self.last_output_log = bytes(collected), slot.connection.log_path
         slot.signatures.learn(code)
         if result.error or result.reset:
             return self._board_error_reply(result, code, count, silent)

@@ -49,7 +49,7 @@ def _output(kernel: Any, args: Any, body: str) -> None:
                    f"%output --save FILE writes all of it]\n", name="stderr")
         text = text[start:]
     kernel.say(text or "(the last board cell printed nothing)\n")
-    kernel.say(f"[every byte the board sent is in {kernel.log_path}]\n", name="stderr")
+    kernel.say(f"[every byte the board sent is in {kernel.last_output_log or kernel.log_path}]\n", name="stderr")
 
 
 @magics.add("bg", "run the cell on the board in the background; %bg shows it, %bg stop ends it", cell=True)
