@@ -118,6 +118,7 @@ def main() -> int:
             for th in threads:
                 th.join(600)
             if errors:
+                print(hub.log_tail(), file=sys.stderr)
                 raise RuntimeError(f"{len(errors)} kernel(s) did not start: {errors[0]}")
             starts = list(start_times.values())
             print(f"starts: p50 {statistics.median(starts):.2f} s, max {max(starts):.2f} s", flush=True)

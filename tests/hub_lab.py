@@ -90,6 +90,10 @@ c.JupyterHub.load_roles = [{{"name": "lab-admin", "scopes": ["admin:users", "adm
 """
 
 
+NODELAY_ARG = ("--ServerApp.kernel_websocket_connection_class="
+               "edgekernel.gateway.websocket_nodelay.NoDelayKernelWebsocketConnection")
+
+
 def culling_args(idle_timeout: int, interval: int) -> list[str]:
     """The single-user servers' idle culling: jupyter_server's own settings (see the README)."""
     return [f"--MappingKernelManager.cull_idle_timeout={idle_timeout}",
@@ -113,12 +117,39 @@ class KernelSocket:
         self.ws = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=HTTP_TIMEOUT)
         self.session = uuid.uuid4().hex
 
-    def request(self, msg_type: str, content: dict, timeout: float = 120.0) -> tuple[dict, CellResult]:
+    def send(self, msg_type: str, content: dict) -> str:
         msg_id = uuid.uuid4().hex
-        started = time.perf_counter()
         self.ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "student",
                                             "session": self.session, "version": "5.3", "date": ""},
                                  "parent_header": {}, "metadata": {}, "channel": "shell", "content": content}))
+        return msg_id
+
+    def send_execute(self, code: str) -> str:
+        """Start a cell without waiting for it (its messages: `messages_until`)."""
+        return self.send("execute_request", {"code": code, "silent": False, "store_history": True,
+                                             "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+
+    def messages_until(self, done, timeout: float) -> list[dict]:
+        """Every message (any parent) until done(message) is true; TimeoutError after `timeout`."""
+        seen: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                raw = self.ws.recv()
+            except Exception as exc:   # websocket's timeout exception
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"waited {timeout:g} s; got {[m['header']['msg_type'] for m in seen]}") from exc
+                raise
+            finally:
+                self.ws.settimeout(HTTP_TIMEOUT)
+            seen.append(json.loads(raw))
+            if done(seen[-1]):
+                return seen
+
+    def request(self, msg_type: str, content: dict, timeout: float = 120.0) -> tuple[dict, CellResult]:
+        started = time.perf_counter()
+        msg_id = self.send(msg_type, content)
         out = CellResult(None, "", None, 0.0)
         reply: dict = {}
         idle = False   # iopub and shell are separate: the output is complete at iopub idle, not at the reply
@@ -195,7 +226,7 @@ class Hub:
         self.port = free_port()
         (self.root / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
             port=self.port, hub_port=free_port(), proxy_api_port=free_port(), root=self.root, repo=REPO,
-            jupyter_path=self.prefix / "share" / "jupyter", server_args=["--allow-root", *self.server_args]))
+            jupyter_path=self.prefix / "share" / "jupyter", server_args=["--allow-root", NODELAY_ARG, *self.server_args]))
         # Tokens go through the environment, never a command line.
         env = dict(os.environ, PYTHONPATH=REPO, LAB_ADMIN_TOKEN=self.admin_token,
                    CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(16))

@@ -2,7 +2,8 @@
 configurable-http-proxy), three simulated Pis (network namespaces, each with its own sshd and an
 emulated board), and four students who start board kernels and "any free board" kernels through
 the hub's REST API, run cells over the kernel WebSocket, meet a busy board, meet a full room, get
-culled by jupyter_server's idle culling, and leave nothing on any Pi when the hub stops.
+culled by jupyter_server's idle culling, lose a Pi mid-cell (and get it back), and leave nothing on
+any Pi when the hub stops.
 Needs root (skips with the reason otherwise), JupyterHub and configurable-http-proxy (.ci/run)."""
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def test_a_classroom_on_jupyterhub(classroom: Hub):
     status, refused = hub.start_kernel("bob", hub.board_kernel("pi1"))
     message = refused.get("message", "") if isinstance(refused, dict) else str(refused)
     assert status == 500 and f"in use by kernel {alice['id']} (hub user alice" in message, (status, refused)
+    assert "'edgekernel gateway status' shows them" in message, message
     assert "\n" not in message.strip() and hub.kernels("bob") == []
 
     # bob and carol start "any free board" at the same moment: the board locks decide.
@@ -144,6 +146,51 @@ def test_a_classroom_on_jupyterhub(classroom: Hub):
     # Kernels with an open WebSocket were not culled, however idle.
     assert [k["id"] for k in hub.kernels("alice")] == [alice["id"]]
     assert sockets["bob"].execute("2+2").result == "4"
+
+    # bob's Pi goes off the network while bob's cell runs.
+    bob_pi = held[bob["id"]]["pi"]
+    dave_pi = holders(gateway_status(hub))[dave["id"]]["pi"]
+    assert {bob_pi, dave_pi} == {"pi2", "pi3"}
+    running = sockets["bob"].send_execute("import time\nfor i in range(120):\n    time.sleep(1)")
+    sockets["bob"].messages_until(lambda m: m["header"]["msg_type"] == "execute_input", 30)
+    lab.set_link(bob_pi, up=False)
+    try:
+        # Everyone else carries on meanwhile (their Pis and connections are their own).
+        for user in ("alice", "dave"):
+            assert sockets[user].execute("3*3").result == "9", user
+        # bob is told, in the cell that was running: the connection went, the kernel ended, what to do.
+        told = sockets["bob"].messages_until(
+            lambda m: m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "dead", 120)
+        said = [m["content"]["text"] for m in told if m["header"]["msg_type"] == "stream"
+                and m["parent_header"].get("msg_id") == running]
+        assert said and said[-1].startswith(f"edgekernel: this kernel ended: lost the connection to {bob_pi}, "
+                                            f"and cannot reach {bob_pi} over SSH"), said
+        assert "'MicroPython on any free board'" in said[-1] and said[-1].count("\n") == 1, said
+        assert hub.kernels("bob") == []   # dead and gone from bob's server, not listed as idle
+        # A start meanwhile skips the Pi that is down, and says so.
+        status, full = hub.start_kernel("bob", ANY_BOARD)
+        assert status == 500 and full["message"].startswith(
+            "no free board: every board on the Pis that answered is in use, and 1 of the 3 Pis did not answer "
+            f"(cannot reach {bob_pi} over SSH"), full
+        status, refused = hub.start_kernel("bob", hub.board_kernel(bob_pi))
+        assert status == 500 and f"cannot reach {bob_pi} over SSH" in refused["message"], refused
+        down = gateway_status(hub)[bob_pi]
+        assert not down["reachable"] and bob_pi in down["error"], down
+        assert sockets["alice"].execute("4*4").result == "16" and sockets["dave"].execute("5*5").result == "25"
+    finally:
+        lab.set_link(bob_pi, up=True)
+    # bob's Pi is back: the kernel it lost ended there too (no SSH session, no heartbeats), so its
+    # board is free and used again.
+    deadline = time.monotonic() + 60
+    while pi_state(lab)[bob_pi]["kernels"] or kernel_processes(lab)[bob_pi]:
+        assert time.monotonic() < deadline, f"bob's lost kernel still runs on {bob_pi}: {pi_state(lab)[bob_pi]}"
+        time.sleep(1)
+    status, bob2 = hub.start_kernel("bob", ANY_BOARD)
+    assert status == 201, bob2
+    assert holders(gateway_status(hub))[bob2["id"]]["pi"] == bob_pi
+    sockets["bob"].close()
+    sockets["bob"] = hub.connect("bob", bob2["id"])
+    assert sockets["bob"].execute("6*7").result == "42"
     for ws in sockets.values():
         ws.close()
     # The fixture stops the hub (without deleting the kernels first) and checks every Pi is empty.

@@ -30,6 +30,7 @@ import getpass
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,7 @@ from .ssh import GatewayError, SSHHost, explain_ssh_failure
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 LAUNCH_TIMEOUT = 60.0
+SSH_SAYS = re.compile(r"(ssh: |Timeout, server|Connection (to|closed|reset)|Shared connection|client_loop|mux_client)")
 
 
 class KernelStartError(GatewayError, HTTPError):
@@ -102,6 +104,8 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._write_lock = threading.Lock()
         self._stop_heartbeat = threading.Event()
+        self.lost = ""      # why the last session to the Pi broke by itself ("" if it did not)
+        self.failure = ""   # why the last restart failed (what the user is told)
 
     # -- where --------------------------------------------------------------------------------
 
@@ -122,12 +126,43 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        restarting, lost = self.host is not None, self.lost
+        self.failure = ""
         try:
             return await self._launch(cmd)
-        except KernelStartError:
-            raise
         except GatewayError as exc:
-            raise KernelStartError(str(exc)) from None
+            if not restarting:
+                raise exc if isinstance(exc, KernelStartError) else KernelStartError(str(exc)) from None
+            destination = self.host.destination if self.host else "the Pi"
+            self.failure = (f"this kernel ended: lost the connection to {destination}, and {exc}; or start a "
+                            "kernel on a free board ('MicroPython on any free board')" if lost
+                            else f"this kernel could not restart: {exc}")
+            self._declare_dead()
+            raise KernelStartError(self.failure) from None
+
+    def _declare_dead(self) -> None:
+        """After a failed restart, jupyter_client's restarter logs the error and stops, and the kernel
+        stays listed as idle for good; fire its "dead" callbacks (what it does after too many failed
+        restarts), so the server drops the kernel and the user's WebSocket hears why (websocket_nodelay)."""
+        fire = getattr(getattr(self.parent, "_restarter", None), "_fire_callbacks", None)
+        if fire is not None:
+            asyncio.get_running_loop().call_soon(fire, "dead")
+
+    def why_ended(self) -> str:
+        """What to tell the user about a kernel that ended on its own: the failed restart, or the
+        connection to the Pi that broke (ssh exits 255 when the connection failed, not the command)."""
+        if self.failure:
+            return self.failure
+        process = self.process
+        if process is not None and self.exit_code is None and process.poll() == 255:
+            return self._lost_reason()
+        return self.lost
+
+    def _lost_reason(self) -> str:
+        destination = self.host.destination if self.host else "the Pi"
+        said = [line for line in self._stderr_tail if SSH_SAYS.match(line)]   # not the kernel's own output
+        detail = f" ({said[-1]})" if said else ""
+        return f"lost the connection to {destination}{detail}: the kernel on it ended"
 
     async def _launch(self, cmd: list[str]) -> KernelConnectionInfo:
         if self.host is None and self.boards:
@@ -162,6 +197,8 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def _launch_on(self, host: SSHHost, cmd: list[str]) -> KernelConnectionInfo:
         km = self.parent
+        self.lost = ""
+        self._stderr_tail = deque(maxlen=20)
         await asyncio.to_thread(host.ensure_master)
         request = {
             "kernel_id": self.kernel_id, "argv": cmd, "env": {**(self.kernel_spec.env or {}), **self.held_env},
@@ -297,6 +334,8 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """Close the session (the keeper ends the kernel), confirm on the Pi, drop the tunnels."""
         self._stop_heartbeat.set()
         process, host = self.process, self.host
+        if process is not None and self.exit_code is None and process.poll() == 255:
+            self.lost = self._lost_reason()
         if process is not None and host is not None:
             await asyncio.to_thread(self._close_session, process, host)
         if host is not None and self.forwards:
@@ -319,6 +358,9 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 return  # the keeper reported that the kernel ended
         except subprocess.TimeoutExpired:
             self._end_local_session()
+        if self.lost:   # the Pi is unreachable: its keeper ends the kernel (its session or heartbeats stopped)
+            self.log.warning("kernel %s: %s", self.kernel_id, self.lost)
+            return
         # The session ended without a word from the keeper: make sure nothing is left on the Pi.
         try:
             host.run([self.python, "-m", "edgekernel.gateway.remote", "reap", self.kernel_id], timeout=20,

@@ -163,7 +163,8 @@ def _lock_board(device: str, kernel_id: str, owner: str, user: str | None = None
         who = f"hub user {holder['user']}, " if holder.get("user") else ""
         raise BoardBusy(f"board {device} on {socket.gethostname()} is in use by kernel "
                         f"{holder.get('kernel_id', '?')} ({who}started from {holder.get('owner', '?')}): "
-                        "shut that kernel down first") from None
+                        "shut that kernel down first, or take a free board ('edgekernel gateway status' "
+                        "shows them)") from None
     lock.seek(0)
     lock.truncate()
     lock.write(json.dumps({"kernel_id": kernel_id, "owner": owner, "user": user, "pid": os.getpid(),

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 CONTROL_PERSIST = 60  # seconds the shared connection outlives its last kernel or command
@@ -96,10 +97,20 @@ class SSHHost:
         """Open the shared connection unless it runs (one TCP connection and login per Pi). The file
         lock makes this one step for every process of this account (each JupyterHub user's server
         starts kernels on its own): two masters racing for one socket would leave an orphan ssh."""
+        down = Path(f"{self.control_path}.down")
+        asked = time.time()
         with self._lock(), open(f"{self.control_path}.lock", "w") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             if self.master_pid() is not None:
                 return
+            # A Pi that is off costs an attempt the connect timeout, and attempts wait for each other
+            # here: a class starting kernels while one Pi is down would queue behind it, 10 s each.
+            # An attempt that failed while this one waited is its answer too.
+            try:
+                if down.stat().st_mtime >= asked:
+                    raise GatewayError(down.read_text())
+            except FileNotFoundError:
+                pass
             self.control_path.unlink(missing_ok=True)  # a dead master's socket would block a new one
             # -f backgrounds the master after login; its stderr goes to a file because a pipe would
             # stay open in the background process and hang this call.
@@ -111,7 +122,10 @@ class SSHHost:
                                    timeout=60)
                 if r.returncode != 0:
                     err.seek(0)
-                    raise GatewayError(explain_ssh_failure(self.destination, err.read()))
+                    message = explain_ssh_failure(self.destination, err.read())
+                    down.write_text(message)
+                    raise GatewayError(message)
+            down.unlink(missing_ok=True)
 
     def command_args(self, remote: list[str]) -> list[str]:
         """ssh argv running `remote` on the Pi over the shared connection (quoted for the Pi's shell)."""
