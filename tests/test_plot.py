@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from edgekernel.kernel.plot_magics import ChartFigure, render_png
 from edgekernel.kernel.plot_parse import MAX_LINE, PlotData, parse_line
 from kernel_fixtures import (boards, kernel_env, kernels, no_leftover_processes,  # noqa: F401
                              unix_board_and_kernel)
@@ -102,6 +103,22 @@ def test_frame_has_every_sample_with_nan_for_missing_series() -> None:
     assert frame.shape == (3, 3)
     assert frame["a"].tolist()[:2] == [1.0, 3.0] and math.isnan(frame["a"][2])
     assert PlotData().frame().shape == (0, 0)
+
+
+def test_a_reused_chart_draws_what_a_new_one_draws() -> None:
+    """Live updates redraw one Figure: nothing of the earlier data (ranges, lines, markers, legend) stays."""
+    data = PlotData()
+    chart = ChartFigure()
+    data.feed(b"".join(b"%d %d\n" % (i, i % 5) for i in range(10)))
+    _, columns, series, first, _ = data.snapshot()
+    small = chart.png(columns, series, first, x=None, title="a")
+    data.feed(b"".join(b"%d %d z:%d\n" % (3 * i, -i % 5, i) for i in range(100)))
+    _, columns, series, first, _ = data.snapshot(50)
+    redrawn = chart.png(columns, series, first, x=None, title="b")
+    assert redrawn.startswith(PNG_MAGIC) and redrawn != small
+    assert redrawn == render_png(columns, series, first, x=None, title="b")
+    # With a series as x axis, that series is no longer a line of its own.
+    assert chart.png(columns, series, first, x="z", title="b") == render_png(columns, series, first, x="z", title="b")
 
 
 # -- through the kernel ------------------------------------------------------------------------------
