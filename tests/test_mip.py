@@ -305,7 +305,7 @@ def test_errors_are_one_line_and_write_nothing(index, unix) -> None:
     cases = {
         f"%mip install nosuchpkg --index {url}": f"no package 'nosuchpkg' in {url} (HTTP 404)",
         f"%mip install greet@9.9 --index {url}": f"greet has no version 9.9 in {url} (latest is 1.1): install greet@1.1",
-        f"%mip install greet --index http://127.0.0.1:{closed_port()}": "(connection refused): check the URL (--index)",
+        f"%mip install greet --index http://127.0.0.1:{closed_port()}": "(connection refused): check the index URL (--index) and this computer's network",
         f"%mip install broken --index {url}": "malformed package.json for broken latest",
         f"%mip install pyonly --index {url}": "pyonly has no build for .mpy v6 (this board's MicroPython)",
         # The dependency is unknown: found before anything is written, so greet is not half-installed.
@@ -397,9 +397,10 @@ def test_full_flash_says_what_was_installed_and_what_was_not(index, boards, kern
     run = kernel.execute(f"%mip install bigpkg --index {url}")
     assert run.status == "error" and run.content["ename"] == "MipError", run
     evalue = run.content["evalue"]
-    assert "\n" not in evalue and "the board's flash is full; installed: /lib/bigpkg/part0.mpy, " in evalue, evalue
-    installed = evalue.split("installed: ")[1].split(";")[0].split(", ")
-    not_installed = evalue.split("not installed: ")[1].split(" (")[0].split(", ")
+    assert "\n" not in evalue and ": the board's flash is full (put /lib/bigpkg/part" in evalue, evalue
+    assert "; installed: /lib/bigpkg/part0.mpy, " in evalue and "free space (%df, %rm) and install again" in evalue
+    installed = evalue.split("; installed: ")[1].split(";")[0].split(", ")
+    not_installed = evalue.split("; not installed: ")[1].split(";")[0].split(", ")
     expected = {f"/lib/{p}": d for p, d in index_file(root, MPY, "bigpkg").items()}
     assert installed and not_installed and sorted(installed + not_installed) == sorted(expected), evalue
     # The stream named each file written; the board holds exactly those, whole, and no temporary file.
@@ -482,5 +483,37 @@ def test_microbit_single_files_install_folders_refused(index, boards, kernels) -
     assert run.content["evalue"] == ("this board has a flat filesystem (no folders), and greet/__init__.py needs one: "
                                      "only packages of single files install here (nothing was installed)")
     assert kernel.ok("import os\nsorted(os.listdir())").result_text == "['textutil.py']"
+    kernels.shutdown(kernel)
+    boards.stop(board)
+
+
+def test_interrupt_mid_install_then_install_again(index, boards, kernels) -> None:
+    """Kernel -> Interrupt while files are written (a 115200-baud link, so a file takes ~0.4 s): the
+    file being written is left as it was, the board is at its prompt, and the next install resumes."""
+    import time
+    url, root = index
+    board = boards.start("unix", baud=115200)
+    kernel = kernels.start("micropython", port=board.port, name="micropython/mip-interrupt")
+    kernel.ok("None")
+    msg_id = kernel.send_execute(f"%mip install bigpkg --index {url}")
+    deadline = time.monotonic() + CELL_TIMEOUT
+    while "installed  /lib/bigpkg/part1.mpy" not in "".join(
+            m["content"].get("text", "") for m in kernel._iopub.get(msg_id, []) if m["msg_type"] == "stream"):
+        assert time.monotonic() < deadline and msg_id not in kernel._replies, "the install ended before part1"
+        kernel._pump(0.01)
+    kernel.km.interrupt_kernel()
+    run = kernel.collect(msg_id)
+    assert run.status == "error", run
+    evalue = run.content["evalue"]
+    assert "\n" not in evalue and ": interrupted (put /lib/bigpkg/part" in evalue, evalue
+    assert "; installed: /lib/bigpkg/part0.mpy, /lib/bigpkg/part1.mpy" in evalue, evalue
+    assert "not installed: " in evalue and "install again: files already there are skipped" in evalue, evalue
+    expected = {f"lib/{p}": d for p, d in index_file(root, MPY, "bigpkg").items()}
+    on_board = tree(Path(board.flash_dir))
+    assert all(expected[p] == d for p, d in on_board.items()), "a file on the board is not the index's"
+    assert kernel.ok("1 + 1").result_text == "2"
+    run = kernel.ok(f"%mip install bigpkg --index {url}")
+    assert f"{len(on_board)} unchanged" in run.stream(), run
+    assert tree(Path(board.flash_dir)) == expected
     kernels.shutdown(kernel)
     boards.stop(board)

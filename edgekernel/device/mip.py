@@ -126,6 +126,10 @@ def _join(target: str, path: str) -> str:
     return target.rstrip("/") + "/" + path if target != "/" else "/" + path
 
 
+class _Unreachable(MipError):
+    """The server did not answer at all (the caller adds what to check)."""
+
+
 class _Http:
     """Downloads with one-line errors (one keep-alive connection pool for the whole install)."""
 
@@ -146,8 +150,7 @@ class _Http:
         except self.requests.exceptions.InvalidURL as exc:
             raise MipError(f"invalid URL {url}: {exc}") from None
         except self.requests.exceptions.RequestException as exc:
-            raise MipError(f"cannot reach {_server(url)} ({_reason(exc)}): check the URL "
-                           "(--index) and this computer's network") from None
+            raise _Unreachable(f"cannot reach {_server(url)} ({_reason(exc)})") from None
         return response.status_code, response.content
 
     def close(self) -> None:
@@ -229,7 +232,11 @@ class MipInstaller:
     def _get(self, url: str) -> tuple[int, bytes]:
         if self._http is None:
             self._http = _Http(self.timeout)
-        return self._http.get(url)
+        try:
+            return self._http.get(url)
+        except _Unreachable as exc:
+            advice = "the index URL (--index)" if url.startswith(self.index + "/") else "the URL"
+            raise MipError(f"{exc}: check {advice} and this computer's network") from None
 
     def _read(self, source: str, what: str) -> bytes:
         """A file's bytes from a URL or a local path; MipError on any failure."""
@@ -460,16 +467,15 @@ class MipInstaller:
             made.add(prefix)
 
     def _failure(self, report: InstallReport, item: PlannedFile, exc: Exception) -> str:
-        text = str(exc)
+        text = str(exc)   # the put's own message, which says what is left of this file on the board
         full = "ENOSPC" in text or "[Errno 28]" in text or "OSError: 28" in text
+        interrupted = "interrupted" in text.lower()
         done = report.paths("installed")
         left = [item.path] + report.paths("not installed")
-        installed = f"installed: {', '.join(done)}" if done else "nothing was installed"
-        cause = "the board's flash is full" if full else f"writing it failed ({text})"
-        advice = ("free space (%df, %rm) and install again: files already there are skipped" if full
-                  else "install again: files already there are skipped")
-        return (f"{item.path}: {cause}; {installed}; not installed: {', '.join(left)} "
-                f"({item.path} is unchanged on the board); {advice}")
+        cause = "the board's flash is full" if full else "interrupted" if interrupted else "writing it failed"
+        advice = ("free space (%df, %rm) and install again" if full else "install again")
+        return (f"{item.path}: {cause} ({text}); installed: {', '.join(done) if done else 'nothing'}; "
+                f"not installed: {', '.join(left)}; {advice}: files already there are skipped")
 
 
 def _check_package_json(doc: Any) -> str | None:
