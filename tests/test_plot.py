@@ -160,6 +160,11 @@ def chart_messages(run) -> tuple[str, list[dict[str, Any]]]:
     return display_id, [data for kind, _, data in shown[1:]]
 
 
+def shown_count(text: str) -> int:
+    """The number of samples a chart's text says it has ("<name: 1,234 samples...")."""
+    return int(text.split(": ")[1].split(" ")[0].replace(",", ""))
+
+
 def png_of(data: dict[str, Any]) -> bytes:
     png = base64.b64decode(data["image/png"])
     assert png.startswith(PNG_MAGIC)
@@ -203,7 +208,7 @@ def test_the_chart_updates_in_place_while_the_cell_prints(kernel) -> None:
     live = [u for u in updates if "so far" in u["text/plain"]]
     assert len(live) >= 2, f"expected several updates of {display_id} while the cell printed: {updates!r}"
     # Each update shows more samples than the one before, and the pictures differ.
-    counts = [int(u["text/plain"].split(": ")[1].split(" ")[0]) for u in live]
+    counts = [shown_count(u["text/plain"]) for u in live]
     assert counts == sorted(counts) and counts[0] < 40
     assert len({png_of(u) for u in live}) == len(live)
     assert updates[-1]["text/plain"] == "<plot_data: 40 samples: col1, col2; samples 0 to 39>"
@@ -270,7 +275,7 @@ def test_interrupt_keeps_the_data_so_far(kernel) -> None:
     assert run.status == "error" and run.content["ename"] == "KeyboardInterrupt"
     _, updates = chart_messages(run)
     final = updates[-1]["text/plain"]
-    count = int(final.split(": ")[1].split(" ")[0])
+    count = shown_count(final)
     assert "so far" not in final and count > 0
     assert f"stopped_here: {count:,} samples of col1, col2" in run.stream()
     assert frame_of(kernel, "stopped_here")["rows"] == [[i, -i] for i in range(count)]
@@ -354,7 +359,7 @@ def test_bg_stopped_keeps_the_data_so_far(kernel) -> None:
     done = pump_until(kernel, msg_id, lambda ms: any(d[2].get("text/plain", "").startswith("<stopped: ")
                                                      and "so far" not in d[2]["text/plain"] for d in displays(ms)))
     final = [d for d in displays(done) if "so far" not in d[2].get("text/plain", "so far")][-1][2]
-    count = int(final["text/plain"].split(": ")[1].split(" ")[0])
+    count = shown_count(final["text/plain"])
     rows = frame_of(kernel, "stopped")["rows"]
     assert len(rows) == count > 0 and rows == [[i] for i in range(count)]
     # The board's own count went at least as far as the samples the host read.

@@ -159,7 +159,7 @@ class LiveChart:
         return f"{self.name}: {n:,} sample{'s' if n != 1 else ''}{'' if final else ' so far'}{shown}"
 
     def _draw(self, final: bool) -> dict[str, Any]:
-        """Runs in a thread: the PNG of the current data (and, when asked, the DataFrame)."""
+        """Runs in a thread: the display's bundle for the current data (PNG and a line of text)."""
         version, columns, series, first, count = self.data.snapshot(self.window)
         title = self._summary(final)
         if self._figure is None:
