@@ -9,6 +9,7 @@ import base64
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,16 +203,34 @@ def test_named_series_and_ordinary_text_stays_output(kernel) -> None:
     assert hums[0::2] == [40, 39, 38, 37] and all(h is None or math.isnan(h) for h in hums[1::2])
 
 
-def test_the_chart_updates_in_place_while_the_cell_prints(kernel) -> None:
-    run = kernel.ok("%%plot\nimport time\nfor i in range(40):\n    print(i, (i * 7) % 11)\n    time.sleep(0.05)")
+def released_loop(release: Path, line: str) -> str:
+    """Board code printing `line` (with i) every 50 ms until the test creates `release` in the board's
+    flash: the test decides when it has seen enough, so no wall-clock guess can make it flaky."""
+    return (f"import os, time\ni = 0\nwhile {release.name!r} not in os.listdir():\n    print({line})\n"
+            f"    i += 1\n    time.sleep(0.05)\n")
+
+
+def test_the_chart_updates_in_place_while_the_cell_prints(unix_board_and_kernel) -> None:
+    board, kernel = unix_board_and_kernel
+    release = Path(board.flash_dir) / "release-the-plot"
+    msg_id = kernel.send_execute("%%plot\n" + released_loop(release, "i, (i * 7) % 11"))
+    try:
+        pump_until(kernel, msg_id, lambda ms: sum("so far" in d[2].get("text/plain", "") for d in displays(ms)) >= 2)
+    finally:
+        release.write_text("")
+    run = kernel.collect(msg_id)
+    release.unlink()
+    assert run.status == "ok", run
     display_id, updates = chart_messages(run)
     live = [u for u in updates if "so far" in u["text/plain"]]
-    assert len(live) >= 2, f"expected several updates of {display_id} while the cell printed: {updates!r}"
     # Each update shows more samples than the one before, and the pictures differ.
     counts = [shown_count(u["text/plain"]) for u in live]
-    assert counts == sorted(counts) and counts[0] < 40
+    assert counts == sorted(counts) and len(set(counts)) == len(counts) >= 2
     assert len({png_of(u) for u in live}) == len(live)
-    assert updates[-1]["text/plain"] == "<plot_data: 40 samples: col1, col2; samples 0 to 39>"
+    final = updates[-1]["text/plain"]
+    count = shown_count(final)
+    assert count > counts[-1] and final == f"<plot_data: {count} samples: col1, col2; samples 0 to {count - 1}>"
+    assert frame_of(kernel)["rows"] == [[i, (i * 7) % 11] for i in range(count)]
     # The updates came while the board printed, between its output, not all at its end.
     types = [m["msg_type"] for m in run.iopub]
     first_update, last_stream = types.index("update_display_data"), len(types) - 1 - types[::-1].index("stream")
@@ -323,30 +342,36 @@ def pump_until(kernel, msg_id: str, done, timeout: float = 30.0) -> list[dict[st
 
 def test_bg_keeps_updating_the_chart_while_the_notebook_is_used(unix_board_and_kernel) -> None:
     board, kernel = unix_board_and_kernel
-    code = ("%%plot --bg --as live\nimport time\nfor i in range(60):\n    print('n:%d sq:%d' % (i, i * i))\n"
-            "    time.sleep(0.05)")
-    msg_id = kernel.send_execute(code)
+    release = Path(board.flash_dir) / "release-the-bg-plot"
+    msg_id = kernel.send_execute("%%plot --bg --as live\n" + released_loop(release, "'n:%d sq:%d' % (i, i * i)"))
     run = kernel.collect(msg_id)
-    assert run.status == "ok" and "started in the background" in run.stream()
-    display_id, _ = chart_messages(run)
-
-    # The notebook is usable meanwhile: %%local sees the numbers so far, board cells say "busy".
-    assert "running" in kernel.ok("%bg").stream()
-    so_far = pump_until(kernel, msg_id, lambda ms: any("so far" in d[2].get("text/plain", "") for d in displays(ms)))
-    busy = kernel.execute("print('hi')")
-    assert busy.status == "error" and "busy" in busy.content["evalue"]
-    partial_rows = local_json(kernel, "len(live)")
-    assert 0 < partial_rows < 60, "the DataFrame should have the numbers so far while the job runs"
-
-    # The chart keeps updating in the %%plot cell's output (same display id, its request as parent).
-    final_text = "<live: 60 samples: n, sq; samples 0 to 59>"
-    later = pump_until(kernel, msg_id, lambda ms: any(d[2].get("text/plain") == final_text for d in displays(ms)))
+    try:
+        assert run.status == "ok" and "started in the background" in run.stream()
+        display_id, _ = chart_messages(run)
+        # The notebook is usable meanwhile: %%local sees the numbers so far, board cells say "busy".
+        assert "running" in kernel.ok("%bg").stream()
+        so_far = pump_until(kernel, msg_id,
+                            lambda ms: sum("so far" in d[2].get("text/plain", "") for d in displays(ms)) >= 2)
+        busy = kernel.execute("print('hi')")
+        assert busy.status == "error" and "busy" in busy.content["evalue"]
+        partial_rows = local_json(kernel, "len(live)")
+        assert partial_rows > 0, "the DataFrame should have the numbers so far while the job runs"
+        assert "running" in kernel.ok("%bg").stream()
+    finally:
+        release.write_text("")
+    # The chart keeps updating in the %%plot cell's output (same display id, its request as parent),
+    # and ends with every sample.
+    later = pump_until(kernel, msg_id, lambda ms: any(d[2].get("text/plain", "").startswith("<live: ")
+                                                      and "so far" not in d[2]["text/plain"] for d in displays(ms)))
+    release.unlink()
     updates = [d for d in displays(later) if d[0] == "update_display_data"]
     assert all(did == display_id for _, did, _ in updates)
-    assert len(updates) >= 2 and len(so_far) <= len(later)
+    assert len(updates) >= 3 and len(so_far) <= len(later)
+    count = shown_count(updates[-1][2]["text/plain"])
+    assert count >= partial_rows and updates[-1][2]["text/plain"] == f"<live: {count} samples: n, sq; samples 0 to {count - 1}>"
     assert "finished" in kernel.ok("%bg").stream()
     frame = frame_of(kernel, "live")
-    assert frame["columns"] == ["n", "sq"] and frame["rows"] == [[i, i * i] for i in range(60)]
+    assert frame["columns"] == ["n", "sq"] and frame["rows"] == [[i, i * i] for i in range(count)]
     assert kernel.ok("print('free')").stream() == "free\n"
 
 
