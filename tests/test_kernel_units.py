@@ -41,6 +41,22 @@ def test_unknown_option_is_an_error_naming_it() -> None:
         parser.parse_line("--port 'unterminated")
 
 
+def test_help_does_not_need_the_required_arguments_it_explains() -> None:
+    registry = MagicRegistry()
+
+    @registry.add("need", "needs a name", arguments=lambda p: p.add_argument("name"))
+    def need(kernel, args, body):  # pragma: no cover - not called
+        pass
+
+    parser = registry.lookup("need").parser
+    with pytest.raises(MagicHelp, match="name"):
+        parser.parse_line("--help")
+    with pytest.raises(MagicHelp, match="name"):
+        parser.parse_line("-h")
+    with pytest.raises(MagicError, match="name"):
+        parser.parse_line("")
+
+
 def test_coalescer_batches_and_decodes() -> None:
     sent: list[str] = []
     out = StreamCoalescer(sent.append)

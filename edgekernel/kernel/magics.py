@@ -45,6 +45,9 @@ class MagicParser(argparse.ArgumentParser):
             words = shlex.split(line)
         except ValueError as exc:
             raise MagicError(f"{self.prog}: {exc}") from None
+        if "-h" in words or "--help" in words:
+            # Before parsing: help must not need the required arguments it explains.
+            raise MagicHelp(self.format_help())
         try:
             args = self.parse_args(words)
         except argparse.ArgumentError as exc:
