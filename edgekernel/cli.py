@@ -358,7 +358,9 @@ def _install_description() -> str:
             f"into {SYSTEM_JUPYTER_PATH[0]}/kernels.")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. `argv` (when known) spares every other command the install
+    help's kernelspec list, which imports jupyter_client (a noticeable share of start-up)."""
     parser = argparse.ArgumentParser(prog="edgekernel", description="MicroPython boards from the shell and Jupyter")
     parser.add_argument("--version", action="version", version=f"edgekernel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mip_command(sub)
 
     p = sub.add_parser("install", help="install the Jupyter kernelspecs (MicroPython ESP8266, serial, emulated, MQTT)",
-                       description=_install_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_install_description() if argv is None or "install" in argv else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="in this Python environment (venv/conda)")
@@ -411,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     try:
         return args.func(args)
     except (LinkError, DeviceError) as exc:
