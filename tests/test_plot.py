@@ -398,3 +398,25 @@ def test_bg_refused_while_another_job_runs(kernel) -> None:
         assert refused.status == "error" and "busy" in refused.content["evalue"]
     finally:
         kernel.ok("%bg stop")
+
+
+def test_plot_on_a_named_board_while_another_runs_a_bg_plot(kernels) -> None:
+    """With two boards, %%on NAME + %%plot plots that board's output, and a --bg plot on one board
+    goes on while the other board runs a %%plot cell."""
+    two = kernels.start("micropython", name="micropython/plot-two-boards", EDGEKERNEL_PORT="")
+    try:
+        for name in ("left", "right"):
+            assert "connected" in two.ok(f"%serialconnect --emulator unix --as {name}").stream()
+        two.ok("%%on left\nwhere = 'L'")
+        two.ok("where = 'R'")   # 'right' is the active board
+        msg_id = two.send_execute("%%on left\n%%plot --bg --as left_data\nimport time\nfor i in range(40):\n"
+                                  "    print('side:1 i:%d' % i)\n    time.sleep(0.05)")
+        assert "started in the background" in two.collect(msg_id).stream()
+        right = two.ok("%%plot --as right_data\nfor i in range(5):\n    print('side:2 i:%d' % i)\nprint(where)")
+        assert right.stream().endswith("R\nright_data: 5 samples of side, i, a pandas DataFrame for %%local cells\n")
+        pump_until(two, msg_id, lambda ms: any(d[2].get("text/plain", "").startswith("<left_data: 40 samples:")
+                                               for d in displays(ms)))
+        assert frame_of(two, "left_data")["rows"] == [[1, i] for i in range(40)]
+        assert frame_of(two, "right_data")["rows"] == [[2, i] for i in range(5)]
+    finally:
+        kernels.shutdown(two)
