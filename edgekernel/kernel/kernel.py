@@ -592,8 +592,9 @@ class MicroPythonKernel(IPythonKernel):
             return
         self._interruptible.remove(slot)
         if not self._interruptible:
-            signal.signal(signal.SIGINT, self._sigint_previous)
-            self._sigint_previous = None
+            previous, self._sigint_previous = self._sigint_previous, None
+            if previous is not None:   # None: not installed from Python, nothing to put back
+                signal.signal(signal.SIGINT, previous)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self._input_cancelled.set()
