@@ -311,6 +311,12 @@ def test_a_print_flood_past_the_pages_limit_keeps_every_sample(kernel) -> None:
     assert frame == [30000, sum(range(30000)), 299]
 
 
+def test_a_silent_cell_shows_nothing_and_still_keeps_the_numbers(kernel) -> None:
+    run = kernel.execute("%%plot --as quiet\nfor i in range(3):\n    print(i)", silent=True)
+    assert run.status == "ok" and run.output_types == []
+    assert frame_of(kernel, "quiet")["rows"] == [[0], [1], [2]]
+
+
 @pytest.mark.parametrize("line, says", [
     ("%%plot --window 0", "--window 0"),
     ("%%plot --as 2x", "not a Python name"),
