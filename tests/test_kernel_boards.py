@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kernel_fixtures import (CELL_TIMEOUT, Kernel, Run, boards, descendants, fresh_kernels, kernel_env,  # noqa: F401
-                             kernels, no_leftover_processes)
+                             kernels, no_leftover_processes, wait_gone)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -300,3 +300,32 @@ def test_board_with_no_boards_says_how_to_connect_one(fresh_kernels) -> None:
         evalue = error_line(kernel.execute(cell))
         assert "no board is connected yet" in evalue and "%serialconnect" in evalue and "--as" in evalue, evalue
     assert "no board is connected yet" in kernel.ok("%boards").stream()
+
+
+def test_a_board_behind_mqtt_joins_by_name(fresh_kernels) -> None:
+    from edgekernel.mqtt.agent import start_agent_board
+    from edgekernel.mqtt.broker import mosquitto_path, start_mosquitto
+
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed (apt-get install --no-install-recommends mosquitto)")
+    secret = "named-Mqtt-55"
+    with start_mosquitto(users={"nb": secret}) as broker:
+        url = f"mqtt://nb@127.0.0.1:{broker.port}/named"
+        agent = start_agent_board(url, password=secret)
+        pids = {agent.pid} | descendants(agent.pid)
+        try:
+            kernel = fresh_kernels.start("micropython", name="micropython/mqtt-named", EDGEKERNEL_PORT="",
+                                         EK_NAMED_PW=secret)
+            kernel.ok("%serialconnect --emulator unix --as bench")
+            run = kernel.ok(f"%mqttconnect {url} --as remote --password-env EK_NAMED_PW")
+            assert "as 'remote'" in run.stream() and "cells now run on 'remote'" in run.stream(), run
+            assert kernel.ok("side = 'remote'\nside").result_text == "'remote'"
+            assert "NameError" == kernel.execute("%%on bench\nside").content["ename"]
+            listed = kernel.ok("%boards").stream()
+            assert any(line.startswith("*") and " remote " in line and url in line for line in listed.splitlines())
+            assert "disconnected" in kernel.ok("%disconnect remote").stream()
+            assert "cells now run on 'bench'" in kernel.ok("%boards\n%board bench").stream()
+            fresh_kernels.shutdown(kernel)
+        finally:
+            agent.stop()
+            assert not wait_gone(pids)
