@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from jupyter_pages import JupyterServer, NotebookPage
 
@@ -119,3 +119,45 @@ def test_plot_updates_live_and_leaves_a_dataframe(notebook_page: NotebookPage, l
     expect(nb.output(last)).to_have_text(re.compile(r"^rows at the end: \d+ True\s*$"))
     nb.output(2).locator("img").scroll_into_view_if_needed()
     nb.screenshot("plot-bg-done")
+
+
+def test_plot_in_notebook7_updates_in_place_also_after_a_bg_cell_ended(page: Page, notebook7: JupyterServer,
+                                                                       shots: Path | None):
+    tag = secrets.token_hex(4)
+    release_plot, release_bg = f"release-plot7-{tag}", f"release-bg7-{tag}"
+    notebook7.write_notebook("plot7.ipynb", [
+        "%%plot --window 20\n" + released_loop(release_plot, "i, i % 7"),
+        "%%plot --bg --as live\n" + released_loop(release_bg, "'a:%d b:%d' % (i, -i)"),
+        "%%local\nprint('rows so far:', len(live))"])
+    nb = NotebookPage(page, shots)
+    page.goto(notebook7.url("/notebooks/plot7.ipynb"))
+    expect(nb.panel).to_be_visible(timeout=90_000)
+    nb.wait_kernel_ready(0)
+
+    nb.cell(0).locator(".cm-content").click()
+    nb.page.keyboard.press("Shift+Enter")
+    try:
+        expect(nb.output(0).locator("img")).to_have_count(1, timeout=60_000)
+        wait_src_change(nb, 0, image_src(nb, 0))
+        expect(nb.prompt(0)).to_have_text(RUNNING)
+        nb.screenshot("notebook7-plot-live")
+    finally:
+        (flash_dir(notebook7) / release_plot).write_text("")
+    nb.wait_done(0)
+    expect(nb.output(0).locator("img")).to_have_count(1)
+    expect(nb.output(0)).to_contain_text(re.compile(r"plot_data: \d+ samples of col1, col2"))
+
+    nb.page.keyboard.press("Shift+Enter")
+    try:
+        nb.wait_done(1)
+        expect(nb.output(1).locator("img")).to_have_count(1, timeout=60_000)
+        before = image_src(nb, 1)
+        nb.page.keyboard.press("Shift+Enter")
+        nb.wait_done(2)
+        expect(nb.output(2)).to_have_text(re.compile(r"^rows so far: [1-9]\d*\s*$"))
+        # The --bg chart changes after its cell ended, while the notebook ran another cell.
+        wait_src_change(nb, 1, before)
+        expect(nb.output(1).locator("img")).to_have_count(1)
+        nb.screenshot("notebook7-plot-bg")
+    finally:
+        (flash_dir(notebook7) / release_bg).write_text("")
