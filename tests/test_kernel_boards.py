@@ -272,7 +272,9 @@ def test_restart_reconnects_every_board(two: Kernel, kernel_env) -> None:
     listed = two.ok("%boards").stream()
     assert "reconnects when used" not in listed and listed.count("connected") >= 2, listed
     # %disconnect NAME: the board leaves the notebook (and a restart does not bring it back).
-    assert "disconnected" in two.ok("%disconnect right").stream()
+    gone = two.execute("%%on right\n%disconnect\nprint('after')")
+    assert "disconnected" in gone.stream()
+    assert "board 'right' was disconnected" in error_line(gone), "the rest of the cell does not run"
     listed = two.ok("%boards").stream()
     assert " right " not in listed and " left " in listed, listed
     two.restart()

@@ -57,6 +57,7 @@ class BoardSlot:
         self.bg_job: Any = None                       # edgekernel.kernel.background.BackgroundJob
         self.signatures = SignatureIndex()           # functions defined by cells run on this board
         self.jobs = 0                                # submitted and not finished
+        self.closed = False                          # disconnected for good (%disconnect NAME) or shut down
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"board-{name}",
                                           initializer=_mark_worker, initargs=(self,))
 
@@ -71,6 +72,9 @@ class BoardSlot:
         return self.connection.connected or self.connection.remembered
 
     def submit(self, work: Callable[[], T]) -> "Future[T]":
+        if self.closed:
+            # e.g. the rest of a `%%on left` cell after its `%disconnect`
+            raise HostError("NotConnected", f"{self.label} was disconnected: connect it again with --as {self.name}")
         self.jobs += 1
 
         def job() -> T:
@@ -108,6 +112,7 @@ class BoardSlot:
 
     def close(self, *, restart: bool) -> None:
         """At shutdown (or when forgotten): every step runs whatever the one before did."""
+        self.closed = True
         try:
             self.stop_background_job()
         finally:
@@ -149,7 +154,8 @@ class BoardRegistry:
 
     def save(self) -> None:
         """Write what a restarted kernel reconnects to (called whenever a board's state changes)."""
-        boards = {name: slot.connection.saved_state for name, slot in self.slots.items()
+        # (A snapshot: a board's worker may call this while the event loop adds a board.)
+        boards = {name: slot.connection.saved_state for name, slot in list(self.slots.items())
                   if slot.connection.saved_state is not None}
         if not boards:
             self.state_file.unlink(missing_ok=True)
