@@ -8,17 +8,27 @@ configurable-http-proxy (tests/hub_lab.py).
 Measured: the time from each kernel start request until the kernel answers kernel_info through the
 hub's proxy (all students starting at once); per-cell round trip (execute_request to idle, over the
 kernel WebSocket through the hub's proxy) with one student working alone ("idle") and with every
-student working at once ("under load"). After the hub stops, every Pi is checked for kernels, kernel
-records, board locks and processes, and the namespaces for being gone.
-The last line is the summary; targets (issue 15): p99 under load <= 2x idle p99, 0 leaked.
+student working at once ("under load"). A student reads a cell's output before running the next:
+each waits --think seconds on average (uniformly 0.5x-1.5x, default 2 s) between cells, alone and
+under load alike; all start at the same moment. Then, to show the limit, every student runs cells
+back to back with no pause (--think 0 there), which saturates the machine. Where the CPU went
+during the paced phase is shown per part (proxy, users' servers, ssh, the Pis' sshd, keepers,
+kernels, emulated boards, this client, and what else runs on the machine).
+After the hub stops, every Pi is checked for kernels, kernel records, board locks and processes,
+and the namespaces for being gone.
+The last line is the summary (the paced numbers); targets (issue 15): p99 under load <= 2x idle
+p99, 0 leaked.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import random
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,16 +50,101 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def run_cells(ws: KernelSocket, cells: int, barrier: threading.Barrier | None = None) -> list[float]:
+def run_cells(ws: KernelSocket, cells: int, think: float = 0.0,
+              barrier: threading.Barrier | None = None) -> list[float]:
     if barrier is not None:
         barrier.wait()
+    rng = random.Random()
     times = []
     for _ in range(cells):
         cell = ws.execute(CELL)
         if cell.status != "ok" or cell.result != "2":
             raise RuntimeError(f"cell failed: {cell}")
         times.append(cell.seconds)
+        if think:
+            time.sleep(think * rng.uniform(0.5, 1.5))
     return times
+
+
+def all_at_once(sockets: dict[str, KernelSocket], cells: int, think: float) -> list[float]:
+    """Every student runs `cells` cells, starting at the same moment; all the cells' times."""
+    barrier = threading.Barrier(len(sockets))
+    loaded: dict[str, list[float]] = {}
+    errors: list[str] = []
+
+    def work(user: str) -> None:
+        try:
+            loaded[user] = run_cells(sockets[user], cells, think, barrier)
+        except Exception as exc:
+            errors.append(f"{user}: {exc}")
+            barrier.abort()
+    threads = [threading.Thread(target=work, args=(u,)) for u in sockets]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(1800)
+    if errors:
+        raise RuntimeError(f"cells failed under load: {errors[0]}")
+    return [x for times in loaded.values() for x in times]
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks() -> dict[int, tuple[int, str, str]]:
+    """{pid: (user+system ticks, comm, cmdline)} of every process on the machine."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[int(entry)] = (int(fields[11]) + int(fields[12]), comm, cmd)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def part_of(pid: int, comm: str, cmd: str, pi_pids: set[int]) -> str:
+    """Which part of the classroom a process is (by namespace and command line)."""
+    if pid == os.getpid():
+        return "this client (WebSockets, JSON)"
+    if pid in pi_pids:
+        if comm == "sshd":
+            return "Pis: sshd"
+        if "gateway.remote launch" in cmd:
+            return "Pis: keepers"
+        if "edgekernel.kernel" in cmd:
+            return "Pis: kernels (edgekernel.kernel)"
+        if "edgekernel board" in cmd or comm.startswith("micropython"):
+            return "Pis: emulated boards"
+        return "Pis: other"
+    if "configurable-http-proxy" in cmd:
+        return "hub: proxy (node)"
+    if "jupyterhub.singleuser" in cmd:
+        return "hub: users' servers (jupyter_server)"
+    if re.search(r"-m jupyterhub\b", cmd):
+        return "hub: JupyterHub"
+    if comm == "ssh":
+        return "laptop: ssh (ControlMaster and sessions)"
+    return "not the classroom (other work on the machine)"
+
+
+def cpu_breakdown(before: dict, after: dict, pi_pids: set[int], cells: int, seconds: float) -> list[str]:
+    parts: dict[str, int] = {}
+    for pid, (ticks, comm, cmd) in after.items():
+        spent = ticks - before.get(pid, (0, "", ""))[0]
+        if spent > 0:
+            key = part_of(pid, comm, cmd, pi_pids)
+            parts[key] = parts.get(key, 0) + spent
+    lines = []
+    for key, ticks in sorted(parts.items(), key=lambda kv: -kv[1]):
+        cpu = ticks / CLK_TCK
+        lines.append(f"  {key:<45} {cpu / seconds * 100:5.0f}% of a core, {cpu / cells * 1000:5.1f} ms CPU per cell")
+    return lines
 
 
 def memory_mb() -> tuple[int, int]:
@@ -67,6 +162,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=3)
     parser.add_argument("--cells", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3, help="cells each student runs before measuring")
+    parser.add_argument("--think", type=float, default=2.0,
+                        help="seconds a student waits between cells, on average (0: back to back)")
     args = parser.parse_args()
     reason = lab_unavailable_reason() or hub_unavailable_reason()
     if reason:
@@ -122,33 +219,35 @@ def main() -> int:
                 raise RuntimeError(f"{len(errors)} kernel(s) did not start: {errors[0]}")
             starts = list(start_times.values())
             print(f"starts: p50 {statistics.median(starts):.2f} s, max {max(starts):.2f} s", flush=True)
+            # What the teacher sees: `edgekernel gateway status` over every Pi.
+            t = time.perf_counter()
+            status = subprocess.run([sys.executable, "-m", "edgekernel", "gateway", "status", "--prefix",
+                                     str(hub.prefix)], capture_output=True, text=True, timeout=120,
+                                    env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+            print(f"edgekernel gateway status ({time.perf_counter() - t:.1f} s):\n{status.stdout}{status.stderr}",
+                  flush=True)
             for ws in sockets.values():
                 run_cells(ws, args.warmup)
-            idle = run_cells(sockets[users[0]], args.cells)
+            idle = run_cells(sockets[users[0]], args.cells, args.think)
             print(f"one student alone: p50 {statistics.median(idle) * 1000:.1f} ms, "
-                  f"p99 {percentile(idle, 99) * 1000:.1f} ms", flush=True)
-            barrier = threading.Barrier(len(users))
-            loaded: dict[str, list[float]] = {}
-
-            def work(user: str) -> None:
-                try:
-                    loaded[user] = run_cells(sockets[user], args.cells, barrier)
-                except Exception as exc:
-                    errors.append(f"{user}: {exc}")
-                    barrier.abort()
-            threads = [threading.Thread(target=work, args=(u,)) for u in users]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join(900)
-            if errors:
-                raise RuntimeError(f"cells failed under load: {errors[0]}")
-            under_load = [x for times in loaded.values() for x in times]
+                  f"p99 {percentile(idle, 99) * 1000:.1f} ms, {len(idle)} cells, {args.think:g} s between cells",
+                  flush=True)
+            pi_pids = set().union(*(pi.netns_pids() for pi in lab.pis.values()))
+            before, t = cpu_ticks(), time.perf_counter()
+            under_load = all_at_once(sockets, args.cells, args.think)
+            seconds = time.perf_counter() - t
+            breakdown = cpu_breakdown(before, cpu_ticks(), pi_pids, len(under_load), seconds)
             _, available_loaded = memory_mb()
             print(f"all {args.users} at once: p50 {statistics.median(under_load) * 1000:.1f} ms, "
-                  f"p99 {percentile(under_load, 99) * 1000:.1f} ms, {len(under_load)} cells; "
-                  f"memory used by the class {available_before - available_loaded} MB, "
-                  f"load average {os.getloadavg()[0]:.1f}, fd limit {fd_limit}", flush=True)
+                  f"p99 {percentile(under_load, 99) * 1000:.1f} ms, {len(under_load)} cells in {seconds:.0f} s, "
+                  f"{args.think:g} s between cells; memory used by the class {available_before - available_loaded} MB, "
+                  f"load average {os.getloadavg()[0]:.1f}, fd limit {fd_limit}; CPU:", flush=True)
+            print("\n".join(breakdown), flush=True)
+            if args.think:
+                saturated = all_at_once(sockets, args.cells, 0.0)
+                print(f"all {args.users} back to back (no pause, the machine saturated): "
+                      f"p50 {statistics.median(saturated) * 1000:.1f} ms, p99 {percentile(saturated, 99) * 1000:.1f} ms, "
+                      f"{len(saturated)} cells", flush=True)
         finally:
             for ws in sockets.values():
                 try:

@@ -81,8 +81,8 @@ c.SimpleLocalProcessSpawner.home_dir_template = "{root}/home/{{username}}"
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = {server_args!r}
 c.Spawner.default_url = "/tree"
-c.Spawner.http_timeout = 180
-c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 600
+c.Spawner.start_timeout = 600
 c.Spawner.environment = {{"PYTHONPATH": "{repo}", "JUPYTER_PATH": "{jupyter_path}"}}
 c.JupyterHub.services = [{{"name": "lab-admin", "api_token": os.environ["LAB_ADMIN_TOKEN"]}}]
 c.JupyterHub.load_roles = [{{"name": "lab-admin", "scopes": ["admin:users", "admin:servers", "tokens"],
@@ -272,7 +272,7 @@ class Hub:
             status, body = http("POST", f"{self.base}/hub/api/users/{user}/server", self.admin_token)
             assert status in (201, 202), (status, body)
         for user in users:
-            deadline = time.monotonic() + 240
+            deadline = time.monotonic() + 600
             while True:
                 status, body = http("GET", f"{self.base}/hub/api/users/{user}", self.admin_token)
                 if body.get("servers", {}).get("", {}).get("ready"):
