@@ -20,12 +20,11 @@ from typing import Any
 
 NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
 NAME = r"[A-Za-z_][A-Za-z0-9_.]*"
-_SEPARATOR = re.compile(r"[\s,;]*")
-_TOKEN = re.compile(rf"(?:(?P<name>{NAME})\s*[:=]\s*)?(?P<value>{NUMBER})(?=[\s,;]|$)", re.IGNORECASE)
 UNNAMED = "col{}"  # the name of the n-th unnamed value of a line (1-based)
 MAX_LINE = 4096    # a longer line without a newline is not a sample: dropped from the parser's buffer
 
-
+_SEPARATOR = re.compile(r"[\s,;]*")
+_TOKEN = re.compile(rf"(?:(?P<name>{NAME})\s*[:=]\s*)?(?P<value>{NUMBER})(?=[\s,;]|$)", re.IGNORECASE)
 _SPLIT = re.compile(r"[\s,;]+")
 _EDGES = " \t\r\n\f\v,;"
 _NAMES = [UNNAMED.format(n) for n in range(1, 33)]
