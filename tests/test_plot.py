@@ -426,3 +426,17 @@ def test_plot_on_a_named_board_while_another_runs_a_bg_plot(kernels) -> None:
         assert frame_of(two, "right_data")["rows"] == [[2, i] for i in range(5)]
     finally:
         kernels.shutdown(two)
+
+
+def test_plot_on_the_microbit(boards, kernels) -> None:
+    """The micro:bit's MicroPython 1.9.2 (16 KB of RAM, no raw-paste) prints; the host does the rest."""
+    board = boards.start("microbit", baud=115200)
+    bit = kernels.start("micropython", port=board.port, name="micropython/plot-microbit")
+    try:
+        run = bit.ok("%%plot --as bit\nfor i in range(8):\n    print('x:%d y:%d' % (i, i * i))")
+        _, updates = chart_messages(run)
+        assert updates[-1]["text/plain"] == "<bit: 8 samples: x, y; samples 0 to 7>"
+        assert frame_of(bit, "bit")["rows"] == [[i, i * i] for i in range(8)]
+    finally:
+        kernels.shutdown(bit)
+        boards.stop(board)
