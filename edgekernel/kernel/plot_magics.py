@@ -123,7 +123,6 @@ class LiveChart:
         self.data = PlotData()
         self.parent = kernel.get_parent("shell")
         self.display_id = f"edgekernel-plot-{uuid.uuid4().hex}"
-        self.updates = 0
         self.feed_failure: str | None = None
         self.draw_failure: str | None = None
         self._drawn_version = -1
@@ -148,7 +147,6 @@ class LiveChart:
         self.kernel.session.send(self.kernel.iopub_socket, msg_type,
                                  {"data": bundle, "metadata": {}, "transient": {"display_id": self.display_id}},
                                  parent=self.parent, ident=iopub_topic(self.kernel, msg_type))
-        self.updates += update
 
     def start(self, waiting: str) -> None:
         self._send({"text/plain": waiting}, update=False)
