@@ -417,6 +417,20 @@ class Kernel:
             raise AssertionError(f"{self.name}: processes left after shutdown: {describe(left)}")
 
 
+def wait_for_stream(kernel: Kernel, msg_id: str, text: str, timeout: float = CELL_TIMEOUT) -> None:
+    """Wait until the cell msg_id has printed `text` (so it is running on the board)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = "".join(m["content"]["text"] for m in kernel._iopub.get(msg_id, []) if m["msg_type"] == "stream")
+        if text in got:
+            return
+        if msg_id in kernel._replies:
+            raise AssertionError(f"the cell ended before printing {text!r}: {kernel._replies[msg_id]['content']}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cell did not print {text!r} within {timeout} s (got {got[-200:]!r})")
+        kernel._pump(0.01)
+
+
 class Kernels:
     """Starts kernels; shuts every one down at the end and asserts their processes are gone."""
 

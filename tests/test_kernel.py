@@ -29,7 +29,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from kernel_fixtures import (BOARD_KINDS, BOARD_OPTIONS, CELL_TIMEOUT, Boards, Kernel, Kernels, KernelEnv, Run,  # noqa: F401
+from kernel_fixtures import (wait_for_stream, BOARD_KINDS, BOARD_OPTIONS, CELL_TIMEOUT, Boards, Kernel, Kernels, KernelEnv, Run,  # noqa: F401
                              board_snippets, boards, descendants, describe, fresh_boards, fresh_kernels,
                              kernel_env, kernels, kill_leftovers, no_leftover_processes, wait_gone)
 
@@ -82,20 +82,6 @@ def _forget_board_globals(request: pytest.FixtureRequest):
         for code in (COLLECT, FORGET_GLOBALS, COLLECT):
             run = setup.kernel.execute(code, silent=True)
             assert run.status == "ok", f"the board misbehaved after the test: {run!r}"
-
-
-def wait_for_stream(kernel: Kernel, msg_id: str, text: str, timeout: float = CELL_TIMEOUT) -> None:
-    """Wait until the cell msg_id has printed `text` (so it is running on the board)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = "".join(m["content"]["text"] for m in kernel._iopub.get(msg_id, []) if m["msg_type"] == "stream")
-        if text in got:
-            return
-        if msg_id in kernel._replies:
-            raise AssertionError(f"the cell ended before printing {text!r}: {kernel._replies[msg_id]['content']}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the cell did not print {text!r} within {timeout} s (got {got[-200:]!r})")
-        kernel._pump(0.01)
 
 
 # -- output: streamed, coalesced, decoded ------------------------------------------------------------

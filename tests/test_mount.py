@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgekernel.device.mount import MountFolder
-from kernel_fixtures import (CELL_TIMEOUT, BOARD_OPTIONS, Kernel, Run, boards, kernel_env, kernels,  # noqa: F401
+from kernel_fixtures import (wait_for_stream, CELL_TIMEOUT, BOARD_OPTIONS, Kernel, Run, boards, kernel_env, kernels,  # noqa: F401
                              no_leftover_processes)
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,19 +47,6 @@ def unix(boards, kernels, folder):
     yield board, kernel
     kernels.shutdown(kernel)
     boards.stop(board)
-
-
-def wait_for_stream(kernel: Kernel, msg_id: str, text: str, timeout: float = CELL_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = "".join(m["content"]["text"] for m in kernel._iopub.get(msg_id, []) if m["msg_type"] == "stream")
-        if text in got:
-            return
-        if msg_id in kernel._replies:
-            raise AssertionError(f"the cell ended before printing {text!r}: {kernel._replies[msg_id]['content']}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the cell did not print {text!r} within {timeout} s (got {got[-200:]!r})")
-        kernel._pump(0.01)
 
 
 def board_errno(kernel: Kernel, code: str) -> int:

