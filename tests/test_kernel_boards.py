@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_fixtures import (CELL_TIMEOUT, Kernel, Run, boards, descendants, fresh_kernels, kernel_env,  # noqa: F401
-                             kernels, no_leftover_processes, wait_gone)
+from kernel_fixtures import (Kernel, Run, boards, descendants, fresh_kernels, kernel_env,  # noqa: F401
+                             kernels, no_leftover_processes, wait_for_stream, wait_gone)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,19 +36,6 @@ def two(kernels, kernel_env) -> Kernel:
         assert "connected to the emulated unix board" in run.stream() and f"as '{name}'" in run.stream(), run
     assert "cells now run on 'right'" in run.stream() and "'left' also connected" in run.stream(), run
     return kernel
-
-
-def wait_for_stream(kernel: Kernel, msg_id: str, text: str, timeout: float = CELL_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = "".join(m["content"]["text"] for m in kernel._iopub.get(msg_id, []) if m["msg_type"] == "stream")
-        if text in got:
-            return
-        if msg_id in kernel._replies:
-            raise AssertionError(f"the cell ended before printing {text!r}: {kernel._replies[msg_id]['content']}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the cell did not print {text!r} within {timeout} s (got {got[-200:]!r})")
-        kernel._pump(0.01)
 
 
 def wait_bg(kernel: Kernel, board: str, text: str, timeout: float = 30.0) -> str:
