@@ -109,20 +109,45 @@ class CellResult:
     seconds: float
 
 
-class KernelSocket:
-    """One kernel's WebSocket through the hub's proxy (as a browser tab holds it open)."""
+V1 = "v1.kernel.websocket.jupyter.org"
 
-    def __init__(self, url: str, token: str) -> None:
+
+class KernelSocket:
+    """One kernel's WebSocket through the hub's proxy (as a browser tab holds it open). `v1=True`
+    speaks the binary v1 kernel WebSocket protocol, as JupyterLab does; else the JSON one."""
+
+    def __init__(self, url: str, token: str, v1: bool = False) -> None:
         import websocket
-        self.ws = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=HTTP_TIMEOUT)
+        self.ws = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=HTTP_TIMEOUT,
+                                              subprotocols=[V1] if v1 else None)
+        self.v1 = v1
+        if v1 and self.ws.getsubprotocol() != V1:
+            raise ConnectionError(f"the server did not take the v1 protocol: {self.ws.getsubprotocol()!r}")
         self.session = uuid.uuid4().hex
 
     def send(self, msg_type: str, content: dict) -> str:
         msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "student",
-                                            "session": self.session, "version": "5.3", "date": ""},
-                                 "parent_header": {}, "metadata": {}, "channel": "shell", "content": content}))
+        msg = {"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "student",
+                          "session": self.session, "version": "5.3", "date": ""},
+               "parent_header": {}, "metadata": {}, "content": content}
+        if self.v1:
+            from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
+            self.ws.send_binary(serialize_msg_to_ws_v1(
+                [json.dumps(msg[k]).encode() for k in ("header", "parent_header", "metadata", "content")], "shell"))
+        else:
+            self.ws.send(json.dumps({**msg, "channel": "shell"}))
         return msg_id
+
+    def recv(self) -> dict:
+        raw = self.ws.recv()
+        if not raw:
+            raise ConnectionError("the kernel WebSocket closed")
+        if isinstance(raw, bytes):
+            from jupyter_server.services.kernels.connection.base import deserialize_msg_from_ws_v1
+            channel, parts = deserialize_msg_from_ws_v1(raw)
+            msg = dict(zip(("header", "parent_header", "metadata", "content"), (json.loads(p) for p in parts[:4])))
+            return {**msg, "channel": channel}
+        return json.loads(raw)
 
     def send_execute(self, code: str) -> str:
         """Start a cell without waiting for it (its messages: `messages_until`)."""
@@ -136,14 +161,14 @@ class KernelSocket:
         while True:
             self.ws.settimeout(max(0.1, deadline - time.monotonic()))
             try:
-                raw = self.ws.recv()
+                msg = self.recv()
             except Exception as exc:   # websocket's timeout exception
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"waited {timeout:g} s; got {[m['header']['msg_type'] for m in seen]}") from exc
                 raise
             finally:
                 self.ws.settimeout(HTTP_TIMEOUT)
-            seen.append(json.loads(raw))
+            seen.append(msg)
             if done(seen[-1]):
                 return seen
 
@@ -157,10 +182,7 @@ class KernelSocket:
         while not (reply and idle):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no reply to {msg_type} within {timeout:g} s")
-            raw = self.ws.recv()
-            if not raw:
-                raise ConnectionError("the kernel WebSocket closed")
-            msg = json.loads(raw)
+            msg = self.recv()
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg["header"]["msg_type"]
@@ -268,8 +290,13 @@ class Hub:
                                 {"note": "classroom", "expires_in": 7200})
             assert status in (200, 201), (status, body)
             self.tokens[user] = body["token"]
-        for user in users:
-            status, body = http("POST", f"{self.base}/hub/api/users/{user}/server", self.admin_token)
+        # At once: the hub answers a spawn request only when the server is up or after its
+        # slow_spawn_timeout (10 s), so one request after another would start one server at a time.
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(users)) as pool:
+            answers = list(pool.map(lambda u: http("POST", f"{self.base}/hub/api/users/{u}/server",
+                                                   self.admin_token), users))
+        for status, body in answers:
             assert status in (201, 202), (status, body)
         for user in users:
             deadline = time.monotonic() + 600
@@ -293,9 +320,9 @@ class Hub:
         assert status == 200, (status, body)
         return body
 
-    def connect(self, user: str, kernel_id: str) -> KernelSocket:
+    def connect(self, user: str, kernel_id: str, v1: bool = False) -> KernelSocket:
         url = f"ws://127.0.0.1:{self.port}/user/{user}/api/kernels/{kernel_id}/channels"
-        return KernelSocket(url, self.tokens[user])
+        return KernelSocket(url, self.tokens[user], v1)
 
     # -- stop -----------------------------------------------------------------------------------
 

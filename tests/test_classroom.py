@@ -94,7 +94,9 @@ def test_a_classroom_on_jupyterhub(classroom: Hub):
         t.join(180)
     assert all(answers[u][0] == 201 for u in ("bob", "carol")), (answers, hub.log_tail())
     bob, carol = answers["bob"][1], answers["carol"][1]
-    sockets = {"alice": alice_ws, "bob": hub.connect("bob", bob["id"]), "carol": hub.connect("carol", carol["id"])}
+    # (bob's browser speaks the binary v1 kernel protocol, as JupyterLab does; the others JSON)
+    sockets = {"alice": alice_ws, "bob": hub.connect("bob", bob["id"], v1=True),
+               "carol": hub.connect("carol", carol["id"])}
     held = holders(gateway_status(hub))
     assert {held[k]["user"] for k in (alice["id"], bob["id"], carol["id"])} == {"alice", "bob", "carol"}
     assert held[alice["id"]]["pi"] == "pi1" and {held[bob["id"]]["pi"], held[carol["id"]]["pi"]} == {"pi2", "pi3"}

@@ -626,3 +626,46 @@ def test_jupyter_run_from_another_process(gateways, kernels, tmp_path):
     for pi in gateways.lab.pis:
         left = wait_gone(gateways.kernel_pids(pi) - holding, 15)
         assert not left, f"jupyter run left kernels on {pi}: {left}"
+
+
+def test_ports_handed_out_at_once_never_collide(tmp_path):
+    """A class starts its kernels at once: ports chosen at the same moment by several processes
+    (each hub user's server, each keeper on a Pi) must all differ, though none is bound yet."""
+    code = ("import json, sys; from pathlib import Path; from edgekernel.gateway.remote import free_ports\n"
+            "sys.stdin.readline()\n"
+            f"print(json.dumps(free_ports(5, Path({str(tmp_path / 'ports.json')!r}))))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=REPO)) for _ in range(8)]
+    try:
+        for proc in procs:   # all imported and waiting: go
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        ports = [p for proc in procs for p in json.loads(proc.communicate(timeout=60)[0])]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert len(ports) == 40 and len(set(ports)) == 40, sorted(ports)
+
+
+def test_a_taken_local_port_gets_other_ports(gateways, kernels):
+    """A local port taken by another process between its choice and the forward: the provisioner
+    forwards from other ports, and the kernel works through them."""
+    from jupyter_client import KernelManager
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        km = KernelManager(kernel_name=gateways.board_kernel)
+        km.shell_port = taken.getsockname()[1]   # as if another process had bound it since
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        kernels.started.append((km, kc))
+        kc.wait_for_ready(timeout=60)
+        assert km.shell_port != taken.getsockname()[1]
+        assert json.loads(Path(km.connection_file).read_text())["shell_port"] == km.shell_port
+        assert execute(kc, "1+1").result == "2"
+    finally:
+        taken.close()

@@ -45,7 +45,8 @@ from tornado.web import HTTPError
 from traitlets import Dict, Float, List, Unicode
 
 from .hosts import choose_host, free_boards
-from .ssh import GatewayError, SSHHost, explain_ssh_failure
+from .remote import free_ports
+from .ssh import GatewayError, SSHHost, control_dir, explain_ssh_failure
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 LAUNCH_TIMEOUT = 60.0
@@ -121,6 +122,11 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if km is not None:
             km.transport = "tcp"
             km.ip = "127.0.0.1"  # the local tunnel ends; kept (with their ports) across restarts
+            if not any(getattr(km, name) for name in PORT_NAMES):   # a first start, not a restart
+                # Ports no other start of this account took a moment ago (every hub user's server
+                # starts kernels at once in a class; jupyter_client's own choice is per process).
+                for name, port in zip(PORT_NAMES, await asyncio.to_thread(free_ports, 5, control_dir() / "ports.json")):
+                    setattr(km, name, port)
             km.write_connection_file()
         kwargs.pop("extra_arguments", None)
         return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
@@ -221,13 +227,31 @@ class SSHProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.remote_info = ready
         remote_ports = ready["ports"]
         if km is not None:
-            self.forwards = [(getattr(km, name), int(remote_ports[name])) for name in PORT_NAMES]
-            await asyncio.to_thread(host.forward, self.forwards)
+            self.forwards = await asyncio.to_thread(self._forward, host, km, remote_ports)
         self._stop_heartbeat = threading.Event()
         threading.Thread(target=self._heartbeat, args=(self.process, self._stop_heartbeat), daemon=True).start()
         self.log.info("kernel %s runs on %s (pid %s)", self.kernel_id, host.destination, self.remote_pid)
         self.connection_info = km.get_connection_info() if km is not None else {}
         return self.connection_info
+
+    def _forward(self, host: SSHHost, km: Any, remote_ports: dict[str, Any]) -> list[tuple[int, int]]:
+        """Forward the kernel's ports. When a local port was taken since it was chosen (by another
+        account's server, or anything else on this machine), new local ports are chosen: the
+        returned connection info carries them, and jupyter_client rewrites its connection file."""
+        for attempt in range(3):
+            pairs = [(getattr(km, name), int(remote_ports[name])) for name in PORT_NAMES]
+            try:
+                host.forward(pairs)
+                return pairs
+            except GatewayError as exc:
+                if attempt == 2:
+                    raise
+                self.log.info("kernel %s: %s; forwarding from other local ports", self.kernel_id, exc)
+                for pair in pairs:   # those that were set up before the one that failed
+                    host.forward([pair], cancel=True)
+                for name, port in zip(PORT_NAMES, free_ports(5, control_dir() / "ports.json")):
+                    setattr(km, name, port)
+        raise AssertionError("unreachable")
 
     def _wait_ready(self) -> dict[str, Any]:
         try:

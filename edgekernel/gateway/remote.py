@@ -183,17 +183,39 @@ class BoardBusy(LaunchError):
 
 # -- launch ---------------------------------------------------------------------------------------
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+PORT_HOLD = 60.0   # seconds a port handed to a starting kernel is not handed out again
+
+
+def free_ports(n: int, registry: Path) -> list[int]:
+    """n free loopback ports that no other launch using `registry` was given in the last minute. A
+    port is chosen here and bound by the kernel a moment later; launches at the same moment (a
+    class starting its kernels at once) could otherwise be given the same one, and one kernel
+    would fail to bind it."""
+    now = time.time()
+    with open(registry.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            recent = {int(p): t for p, t in json.loads(registry.read_text()).items() if now - t < PORT_HOLD}
+        except (OSError, ValueError, AttributeError):
+            recent = {}
+        socks: list[socket.socket] = []
+        ports: list[int] = []
+        try:
+            while len(ports) < n:   # sockets stay bound until the end, so no port comes twice
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+                if port not in recent:
+                    ports.append(port)
+        finally:
+            for s in socks:
+                s.close()
+        recent.update({p: now for p in ports})
+        tmp = registry.with_suffix(".tmp")
+        tmp.write_text(json.dumps(recent))
+        os.replace(tmp, registry)
+    return ports
 
 
 def _read_request(timeout: float = 15.0) -> dict[str, Any]:
@@ -228,7 +250,7 @@ def cmd_launch() -> int:
             lock = _lock_board(board, kernel_id, request.get("owner", "?"), request.get("user"))
         private = runtime_dir("gateway", "kernels")
         connection_file = private / f"kernel-{kernel_id}.json"
-        ports = dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), _free_ports(5)))
+        ports = dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), free_ports(5, runtime_dir("gateway") / "ports.json")))
         fd = os.open(connection_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({**ports, "ip": "127.0.0.1", "transport": "tcp", "key": request["key"],
