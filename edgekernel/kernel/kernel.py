@@ -258,13 +258,17 @@ class MicroPythonKernel(IPythonKernel):
             self.session.send(self.iopub_socket, "stream", {"name": name, "text": text},
                               parent=parent, ident=iopub_topic(self, "stream"))
 
-    def show(self, text: str, display_id: str, *, update: bool = False) -> None:
-        """A text display in the current cell that later calls update in place (progress, latest lines)."""
-        parent = self._request[1]
+    def show(self, data: "str | dict[str, Any]", display_id: str, *, update: bool = False,
+             parent: dict[str, Any] | None = None) -> None:
+        """A display that later updates in place (progress, latest lines, %%plot's chart): `data` is text or
+        a MIME bundle; `parent` is the request whose cell shows it (default: the current one; a %%bg job's
+        chart keeps its own cell's after that cell ended)."""
+        parent = parent or self._request[1]
         if parent is not None:
             msg_type = "update_display_data" if update else "display_data"
+            bundle = {"text/plain": data} if isinstance(data, str) else data
             self.session.send(self.iopub_socket, msg_type,
-                              {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": display_id}},
+                              {"data": bundle, "metadata": {}, "transient": {"display_id": display_id}},
                               parent=parent, ident=iopub_topic(self, msg_type))
 
     def ask_secret(self, prompt: str) -> str:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .background import BackgroundJob
-from .ipykernel_adapter import iopub_topic
 from .magics import REGISTRY as magics
 from .magics import HostError, MagicError
 from .plot_parse import PlotData
@@ -143,10 +142,7 @@ class LiveChart:
     def _send(self, bundle: dict[str, Any], *, update: bool) -> None:
         if not self.shown or self.parent is None:
             return
-        msg_type = "update_display_data" if update else "display_data"
-        self.kernel.session.send(self.kernel.iopub_socket, msg_type,
-                                 {"data": bundle, "metadata": {}, "transient": {"display_id": self.display_id}},
-                                 parent=self.parent, ident=iopub_topic(self.kernel, msg_type))
+        self.kernel.show(bundle, self.display_id, update=update, parent=self.parent)
 
     def start(self, waiting: str) -> None:
         self._send({"text/plain": waiting}, update=False)
