@@ -186,6 +186,10 @@ class BoardFiles:
     def _run(self, code: str, what: str, *, timeout: float = 30.0, on_output=None) -> str:
         # Every program of ours runs in a namespace of its own: the user's globals stay as they are.
         result = self.session.exec(code, on_output=on_output, timeout=timeout, scratch=True)
+        if result.reset is not None and result.error is None:
+            # The board rebooted under the program (or before it started): its answer is not there.
+            raise FileTransferError(f"{what} failed: the board reset ({result.reset} reset) while it ran; "
+                                    "run it again")
         if result.error is not None:
             raise FileTransferError(f"{what} failed on the board: {_one_line(result.error)}")
         if result.timed_out:
@@ -654,6 +658,9 @@ class BoardFiles:
 
         code = programs.SENDER.replace("{hash}", self._hash_code).replace("{args}", f"{src!r},{block}")
         result = self.session.exec(code, on_output=on_output, timeout=60 + (total or 0) / 500, scratch=True)
+        if result.reset is not None and result.error is None:
+            raise FileTransferError(f"get {src} failed: the board reset ({result.reset} reset) during the transfer; "
+                                    "the file on the board is unchanged")
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
             raise FileTransferError(f"get {src} failed on the board: {why}; the file on the board is unchanged")
@@ -687,6 +694,9 @@ class BoardFiles:
         step = 64 if self.caps.free_ram < 16_000 else 256
         code = programs.LITERAL_READER.replace("{hash}", self._hash_code).replace("{args}", f"{src!r},{step}")
         result = self.session.exec(code, on_output=on_output, timeout=60 + (total or 0) / 200, scratch=True)
+        if result.reset is not None and result.error is None:
+            raise FileTransferError(f"get {src} failed: the board reset ({result.reset} reset) during the transfer; "
+                                    "the file on the board is unchanged")
         if result.error is not None or result.timed_out:
             why = _one_line(result.error) if result.error is not None else "timed out"
             raise FileTransferError(f"get {src} failed on the board: {why}; the file on the board is unchanged")

@@ -159,6 +159,7 @@ class BoardSession(ValuesFromExec):
             raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
         try:
             self._check_open()
+            self._reopen_if_dropped(time.monotonic() + self.link_reopen_timeout)
             if not self._at_prompt:
                 self._enter_raw_repl(time.monotonic() + 10.0)
             yield
@@ -355,6 +356,13 @@ class BoardSession(ValuesFromExec):
             else:
                 self._read_at_least(len(self._buf) + 1, deadline, "acknowledgement of the code")
         if self._buf[:2] != b"OK":
+            # Reboot text instead of OK: the board reset while it took the code (it never ran). Its
+            # first bytes may not say so yet (an ESP's ROM chatter, then a pause while it boots).
+            self._check_upload_reset(bytearray(), deadline)
+            settle = min(deadline, time.monotonic() + 2.0)
+            while time.monotonic() < settle:
+                self._read_more(max(0.0, settle - time.monotonic()))
+                self._check_upload_reset(bytearray(), deadline)
             got = bytes(self._buf[:60])
             self._buf.clear()
             raise DeviceError(f"{self.link.description}: expected OK from the raw REPL, got {got!r}")
@@ -380,13 +388,36 @@ class BoardSession(ValuesFromExec):
             self._read_until(RAW_BANNER, deadline, "raw REPL banner")
         return False
 
+    def _check_upload_reset(self, text: bytearray, deadline: float, data: bytes | bytearray | None = None) -> None:
+        """While code is sent (before it runs), the board answers with control bytes or OK only: reboot
+        text among what arrived (`data`, default the whole buffer; gathered in `text`) means it reset.
+        Then raise _UploadReset once its REPL has settled: the code never ran."""
+        text += (self._buf if data is None else data).translate(None, b"\x01\x04")
+        del text[:-_PROMPT_AFTER_SIGN]
+        kind = _reset_kind(text)
+        if kind is None:
+            return
+        # Let the rebooted REPL finish talking (boot text, echo of bytes still in flight) so the next
+        # run starts from a known state; bounded: the reset is certain already.
+        settle = min(deadline, time.monotonic() + 2.0)
+        while self._read_more(max(0.0, min(0.2, settle - time.monotonic()))) and time.monotonic() < settle:
+            pass
+        self._buf.clear()
+        self._at_prompt = self._helpers = False
+        raise _UploadReset(kind)
+
     def _raw_paste_write(self, code: bytes, deadline: float) -> None:
         window, credit, sent = self._window, self._credit, 0
         view = memoryview(code)
+        # Raw-paste answers with control bytes only (\x01 credit, \x04 stop) until the program runs:
+        # text there is a rebooted board talking (the reset button, a brown-out), which grants no more
+        # credit. Noticed, the upload stops at once instead of waiting out its size-based limit.
+        text = bytearray()
         while sent < len(code) and self._interrupt_at is None:
             # Read credit whenever the board has sent some, not only when we run dry.
             wait = 0.0 if credit > 0 else max(0.0, deadline - time.monotonic())
             if self._read_more(wait) or self._buf:
+                self._check_upload_reset(text, deadline)
                 for byte in bytes(self._buf):
                     if byte == 0x01:
                         credit += window
@@ -422,8 +453,10 @@ class BoardSession(ValuesFromExec):
         while True:
             i = self._buf.find(b"\x04")
             if i >= 0:
+                self._check_upload_reset(text, deadline, self._buf[:i])
                 del self._buf[: i + 1]
                 return
+            self._check_upload_reset(text, deadline)
             self._buf.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._read_more(remaining):
@@ -464,6 +497,7 @@ class BoardSession(ValuesFromExec):
             source = onboard.show_trailing_expression(source, onboard.SHOW_CALL)
         marker = onboard.new_marker()
         helper_retry = damaged_resends = 0
+        self._reopen_if_dropped(min(deadline, start + self.link_reopen_timeout))
         while True:
             if not self._helpers:
                 if not self._at_prompt:
@@ -491,6 +525,9 @@ class BoardSession(ValuesFromExec):
                 except _UploadInterrupted:
                     result = ExecResult(error=BoardException("KeyboardInterrupt", "interrupted before the code started"),
                                         interrupted=InterruptReport("ctrl-c", time.monotonic() - (self._interrupt_at or start)))
+                except _UploadReset as reset:
+                    # Reported like a reset while the code ran: no error of the code's, reset named.
+                    result = ExecResult(reset=reset.kind)
                 else:
                     result = _Follower(self, marker, framed, on_output, on_input, deadline, filename).run()
             finally:
@@ -533,6 +570,7 @@ class BoardSession(ValuesFromExec):
         with self._lock:
             self._check_open()
             deadline = time.monotonic() + timeout
+            self._reopen_if_dropped(deadline)
             if not self._at_prompt:
                 self._enter_raw_repl(deadline)
             self._soft_reset_at_prompt(deadline)
@@ -542,15 +580,38 @@ class BoardSession(ValuesFromExec):
         self._at_prompt = self._helpers = False
         self.link.write(b"\x04")
         try:
-            self._read_until(SOFT_REBOOT, deadline, "soft reboot")
-            # boot.py may print between the reboot line and the banner.
-            self._read_until(RAW_BANNER, deadline, "raw REPL banner after soft reboot")
+            if self._await_soft_reboot(deadline) == "hard":
+                # The chip reset meanwhile (the button, a brown-out): it comes back in the friendly
+                # REPL, not raw mode. A reset is what was asked for; enter the raw REPL from there.
+                self._enter_raw_repl(deadline)
         except LinkClosed:
             if not self.link.can_reopen:
                 raise
             self._reopen_after_reset(deadline)
         self._at_prompt = True
         self._install_helpers(deadline)
+
+    def _await_soft_reboot(self, deadline: float) -> str:
+        """Read through the soft reboot's text and the raw banner after it ("soft"), or through a
+        hard reset's text and the friendly prompt after it ("hard": a reset overtook the soft one)."""
+        while True:
+            hard = max((self._buf.rfind(sign) for sign, kind in _RESET_SIGNS if kind == "hard"), default=-1)
+            i = self._buf.find(SOFT_REBOOT)
+            # boot.py may print between the reboot line and the banner (a board's banner too).
+            banner = self._buf.find(RAW_BANNER, i) if i >= 0 else -1
+            if banner >= 0 and hard < banner:
+                del self._buf[: banner + len(RAW_BANNER)]
+                return "soft"
+            if hard >= 0 and self._buf.find(_FRIENDLY_PROMPT, hard) >= 0:
+                self._buf.clear()
+                return "hard"
+            remaining = deadline - time.monotonic()
+            if (remaining <= 0 or not self._read_more(remaining)) and time.monotonic() >= deadline:
+                what = "raw REPL banner after soft reboot" if i >= 0 else "soft reboot"
+                raise BoardNotResponding(
+                    f"{self.link.description}: no {what} from the board "
+                    f"(last bytes received: {bytes(self._buf[-60:])!r}); press its reset button or unplug it, "
+                    "then reconnect")
 
     # -- board requests and board setups (the board asks the host while code runs: %mount) ----------
 
@@ -662,6 +723,12 @@ class BoardSession(ValuesFromExec):
         open): connect again and re-enter the raw REPL."""
         self._reopen_after_reset(time.monotonic() + self.link_reopen_timeout)
 
+    def _reopen_if_dropped(self, deadline: float) -> None:
+        """Before an operation: a link the board (or the network) dropped since the last one connects
+        again by itself where it can (WebREPL), so the operation runs instead of failing."""
+        if self.link.dropped and self.link.can_reopen:
+            self._reopen_after_reset(deadline)
+
     def _reopen_after_reset(self, deadline: float) -> None:
         """The board dropped the link as it reset (WebREPL clients go with a reset): connect
         again and re-enter the raw REPL (the mode survives the reset, the prompt text does not)."""
@@ -696,6 +763,23 @@ class BoardSession(ValuesFromExec):
 
 class _UploadInterrupted(Exception):
     """interrupt() arrived while a program was still being sent."""
+
+
+class _UploadReset(Exception):
+    """The board reset while a program was still being sent: it never ran."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _reset_kind(data: bytes | bytearray) -> str | None:
+    """"soft"/"hard" if `data` holds a board's reboot text."""
+    found = None
+    for sign, kind in _RESET_SIGNS:
+        if sign in data:
+            found = "hard" if kind == "hard" else (found or kind)
+    return found
 
 
 def _arrived_damaged(result: ExecResult) -> bool:
@@ -863,7 +947,13 @@ class _Follower:
                 self.field += buf[: len(buf) - keep]
                 del buf[: len(buf) - keep]
             elif self.state == "echo":
-                del buf[: len(buf) - keep]
+                if _reset_kind(buf) is not None:
+                    # Reboot text where the echo of a typed line belongs: the board reset while the
+                    # program waited in input(). From here it is output, read for the reset's prompt.
+                    self.state = "out"
+                    continue
+                # The last bytes wait for the next read: reboot text split across reads is seen whole.
+                del buf[: max(0, len(buf) - max(keep, 40))]
             return False
 
     def end_field(self, data: bytes) -> None:
@@ -888,6 +978,12 @@ class _Follower:
 
     def answer_input(self, prompt: str) -> None:
         line = self.on_input(prompt) if self.on_input is not None else None
+        self.s._read_more(0)
+        if self.s._interrupt_at is not None or _reset_kind(self.s._buf) is not None:
+            # Interrupted while the person typed: the program is ending (or has ended) with
+            # KeyboardInterrupt, so the line would land at the raw prompt and run as code. Or the
+            # board reset while the person typed: the line would run in its fresh REPL.
+            return
         if line is None:
             reply = self.marker[1:] + onboard.NO_STDIN_SUFFIX.encode()
         else:

@@ -78,6 +78,11 @@ class Link(ABC):
         raise LinkClosed(f"{self.description}: the board disconnected")
 
     @property
+    def dropped(self) -> bool:
+        """True when the board dropped the connection and the link has not reopened it yet."""
+        return False
+
+    @property
     def binary_channel(self) -> BinaryChannel | None:
         """A second channel for binary frames beside the REPL (WebREPL's file protocol), or None."""
         return None

