@@ -284,6 +284,8 @@ class Trial:
     ended: float = 0.0
     fault_at: float | None = None
     stalled: float = 0.0
+    #: Set when the operation itself starts (after its setup: the old file written, say): faults land after.
+    go: threading.Event = field(default_factory=threading.Event)
 
 
 def _big(t: Trial) -> int:
@@ -299,6 +301,7 @@ def _journal_line(t: Trial) -> str:
 
 
 def _exec(t: Trial, code: str, **kw) -> None:
+    t.go.set()
     r = t.target.session.exec(code, on_output=t.output.extend, timeout=t.limit, **kw)
     _outcome(t, r)
 
@@ -336,6 +339,7 @@ def op_input(t: Trial) -> None:
     def answer(prompt: str) -> str:
         time.sleep(0.3)   # a person typing: the cell waits in input() meanwhile
         return "abc"
+    t.go.set()
     r = t.target.session.exec(_journal_line(t) + "print('L0')\ns=input('? ')\nprint('L1', s)\n",
                               on_output=t.output.extend, on_input=answer, timeout=t.limit)
     _outcome(t, r)
@@ -347,6 +351,7 @@ def _put(t: Trial, size: int) -> None:
     t.target.flash_write(t.file, old)
     t.old, t.new = old, t.rng.randbytes(size)
     t.started = time.monotonic()
+    t.go.set()
     t.target.files.put(t.new, t.file)
 
 
@@ -364,6 +369,7 @@ def op_get(t: Trial) -> None:
     t.target.flash_write(t.file, data)
     t.old = t.new = data
     t.started = time.monotonic()
+    t.go.set()
     got = t.target.files.get(t.file)
     if got != data:
         t.error = f"PARTIAL GET: {len(got)} of {len(data)} bytes, differing"
@@ -374,6 +380,7 @@ def op_lsrm(t: Trial) -> None:
     t.target.flash_write(t.file, b"to remove\n")
     t.old, t.new = b"to remove\n", None
     t.started = time.monotonic()
+    t.go.set()
     names = [e.name for e in t.target.files.ls(long=True)]
     if t.file not in names:
         t.error = f"LS MISSED {t.file}"
@@ -384,6 +391,7 @@ def op_lsrm(t: Trial) -> None:
 def op_interrupt(t: Trial) -> None:
     t.lines_expected = -1   # unknown: the loop runs until interrupted
     session = t.target.session
+    t.go.set()
     timer = threading.Timer(t.rng.uniform(0.05, 0.8), session.interrupt)
     timer.start()
     try:
@@ -395,6 +403,7 @@ def op_interrupt(t: Trial) -> None:
 
 
 def op_soft_reset(t: Trial) -> None:
+    t.go.set()
     t.target.session.soft_reset(timeout=t.limit)
 
 
@@ -413,6 +422,7 @@ def op_mip(t: Trial) -> None:
         t.target.flash_write(t.file, old)
         t.old, t.new = old, b"X = '" + src + b"'\n"
         t.started = time.monotonic()
+        t.go.set()
         install(t.target.files, [path], target="lib", mpy=False)
     finally:
         shutil.rmtree(mod, ignore_errors=True)
@@ -421,6 +431,7 @@ def op_mip(t: Trial) -> None:
 def op_mount(t: Trial) -> None:
     from edgekernel.device.mount import active_mount, mount_folder
     tg = t.target
+    t.go.set()   # mounting is part of the op
     if tg.mount_dir is None:
         tg.mount_dir = tempfile.mkdtemp(prefix="ekfaults-mount-")
         with open(os.path.join(tg.mount_dir, "data.txt"), "w") as f:
@@ -460,6 +471,9 @@ def inject(t: Trial, done: threading.Event) -> None:
     tg = t.target
     if t.fault in ("drop", "none"):
         return   # the board runs with the dropping buffer for the whole trial
+    while not t.go.wait(0.05):
+        if done.is_set():
+            return   # the op failed in its setup
     if done.wait(_fault_delay(t)):
         return   # the op ended first: nothing to inject (a fault that missed)
     t.fault_at = time.monotonic()
@@ -686,9 +700,10 @@ def run_trial(t: Trial, log: Callable[[str], None]) -> Counts:
     # After a pulled cable nobody can remove a put's temporary file: the next put of that name replaces
     # it. Counted apart (stale), not as a leak of a session that could have cleaned up.
     leftovers = tg.temp_files()
-    if leftovers and t.fault == "kill":
+    announced = t.error is not None and "may be left (the next put of this file replaces it)" in t.error
+    if leftovers and (t.fault == "kill" or announced):
         c.stale += 1
-        log(f"  STALE TEMP FILE {tg.key} {t.op} kill: {leftovers}")
+        log(f"  STALE TEMP FILE {tg.key} {t.op} {t.fault}: {leftovers} ({'announced' if announced else 'pulled cable'})")
         for name in leftovers:
             os.unlink(os.path.join(tg.flash, name))
         leftovers = []
@@ -796,7 +811,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{c.duplicated:>4} {c.lost:>4} {c.leaks:>5} {c.unclear:>7} {c.next_failed:>4}")
     log(f"checks: {total.unclear} unclear errors, {total.next_failed} failed next operations, "
         f"{total.missed} faults that came after the operation ended, "
-        f"{total.stale} temporary files left on the flash by a pulled cable (replaced by the next put)")
+        f"{total.stale} temporary files left on the flash by a pulled cable or a board that did not come back "
+        "in time (the put says so; the next put replaces them)")
     log(f"faults: {total.trials} trials, {total.hangs} hangs, {total.partial} partial files, "
         f"{total.duplicated} duplicated cells, {total.lost} lost output, {total.leaks} leaks")
     return 0 if not (total.hangs or total.partial or total.duplicated or total.lost or total.leaks) else 1

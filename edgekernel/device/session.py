@@ -247,6 +247,18 @@ class BoardSession(ValuesFromExec):
         self._at_prompt = True
 
     def _install_helpers(self, deadline: float) -> None:
+        for attempt in range(3):
+            try:
+                return self._install_helpers_once(deadline)
+            except _UploadReset as reset:
+                # The board reset while the helper went over (the button during a connect or a soft
+                # reset): it is a fresh board now. Enter its raw REPL and install again.
+                if attempt == 2:
+                    raise BoardNotResponding(f"{self.link.description}: the board keeps resetting ({reset.kind} "
+                                             "reset) while edgekernel connects; check its power and main.py") from None
+                self._enter_raw_repl(deadline)
+
+    def _install_helpers_once(self, deadline: float) -> None:
         for resend in range(DAMAGED_RESENDS + 1):
             try:
                 self._run_native(onboard.HELPER_SOURCE.encode(), deadline)
@@ -510,7 +522,11 @@ class BoardSession(ValuesFromExec):
                 program = onboard.framed_call(marker, source, check_length=self.raw_paste is not True,
                                               scratch=scratch)
             else:
-                self._run_native(onboard.set_marker_call(marker), setup_deadline)
+                try:
+                    self._run_native(onboard.set_marker_call(marker), setup_deadline)
+                except _UploadReset as reset:
+                    result = ExecResult(reset=reset.kind)   # the code never went: reported as a reset
+                    break
                 program = (source + onboard.STREAM_TRAILER).encode()
             self._interrupt_at = None
             self._resync_after_run = False
