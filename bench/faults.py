@@ -295,8 +295,9 @@ def _big(t: Trial) -> int:
 
 def _journal_line(t: Trial) -> str:
     if t.target.name == "microbit":
-        # 1.9.2's flat filesystem has no append mode: count runs in a global of the user's namespace.
-        return "_fj=globals().get('_fj','')+%r\n" % (t.journal_id + ",")
+        # 1.9.2's flat filesystem has no append mode: count this trial's runs in a global of the user's
+        # namespace, of constant size (a growing journal would eat the 10 KB heap itself).
+        return "_fj=(%r,_fj[1]+1 if globals().get('_fj',('',0))[0]==%r else 1)\n" % (t.journal_id, t.journal_id)
     return "_f=open('fj.txt','a')\n_f.write(%r)\n_f.close()\n" % (t.journal_id + "\n")
 
 
@@ -533,7 +534,8 @@ def run_trial(t: Trial, log: Callable[[str], None]) -> Counts:
     c = Counts(trials=1)
     tg = t.target
     t.limit = OP_LIMITS[t.op]
-    t.journal_id = f"j{t.number}x{t.rng.randrange(10**6)}"
+    # Longer than 10 characters: MicroPython interns shorter string literals for good (a leak per trial).
+    t.journal_id = f"journal-{t.number}-{t.rng.randrange(10**6)}"
     threads_before = set(threading.enumerate())
     tmp_before = set(os.listdir(tempfile.gettempdir()))
     done = threading.Event()
@@ -655,8 +657,8 @@ def run_trial(t: Trial, log: Callable[[str], None]) -> Counts:
     if t.journal_id:
         try:
             if tg.name == "microbit":
-                j = tg.session.eval("globals().get('_fj','')", timeout=10) or ""
-                runs = j.split(",").count(t.journal_id)
+                j = tg.session.eval("globals().get('_fj',('',0))", timeout=10)
+                runs = j[1] if j[0] == t.journal_id else 0
             else:
                 j = (tg.flash_read("fj.txt") or b"").decode(errors="replace")
                 runs = j.split("\n").count(t.journal_id)
