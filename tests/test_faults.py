@@ -91,6 +91,35 @@ def test_reset_at_seeded_moments_of_a_soft_reset(tmp_path):
             assert r.output == b"42\n" and r.error is None, (delay, r)
 
 
+def test_reset_mid_put_over_webrepl_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    """The reset button during a put over WebREPL: the board drops the connection as it resets. Before:
+    the put raised the bare "board disconnected" and left its temporary file on the flash. Now the link
+    reconnects for the clean-up and the put says the file is unchanged."""
+    import random
+    from edgekernel.device.files import BoardFiles, FileTransferError
+    with _board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
+        with open(os.path.join(board.flash_dir, "main.py"), "wb") as f:
+            f.write(b"old\n")
+        with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
+            files = BoardFiles(session)
+            pressed = threading.Event()
+
+            def progress(done: int, total: int) -> None:
+                if done > total // 3 and not pressed.is_set():
+                    pressed.set()
+                    board.hard_reset()
+            data = random.Random(5).randbytes(200_000)
+            with pytest.raises(FileTransferError) as info:
+                returns(lambda: files.put(data, "main.py", progress=progress), 60, "the put")
+            assert pressed.is_set()
+            msg = str(info.value)
+            assert "\n" not in msg and "main.py on the board is unchanged" in msg, msg
+            assert sorted(os.listdir(board.flash_dir)) == ["main.py"]
+            assert open(os.path.join(board.flash_dir, "main.py"), "rb").read() == b"old\n"
+            r = returns(lambda: session.exec("print(6*7)", timeout=20))
+            assert r.output == b"42\n", r
+
+
 def test_reset_while_a_cell_waits_in_input_is_noticed(tmp_path):
     """The reset button while a cell waits in input(). Before: what the rebooted board said was taken
     for the echo of the typed line and dropped, and the cell ran until its limit (for ever without

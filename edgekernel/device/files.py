@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import board_programs as programs
-from .errors import DeviceError
+from .errors import DeviceError, LinkError
 from .session import BoardSession
 from .webrepl_files import WebReplFileError, WebReplFiles, supports_file_protocol
 
@@ -303,6 +303,14 @@ class BoardFiles:
                 raise FileTransferError(f"{exc} (this board has no os.rename, so a put writes the file in "
                                         "place: put it again)") from None
             raise FileTransferError(f"{exc}; {self._unchanged(dest, temp)}") from None
+        except LinkError as exc:
+            # A WebREPL board drops the connection when it resets (and a network can drop it): the link
+            # reconnects for the clean-up, so the temporary file does not stay behind.
+            link = getattr(self.session, "link", None)
+            if temp is None or link is None or not link.can_reopen:
+                raise
+            raise FileTransferError(f"put {dest} failed: {exc} (a reset or the network dropped the connection); "
+                                    f"{self._unchanged(dest, temp)}") from None
         seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             what = (f"{n:,} bytes arrived of {len(data):,}" if n != len(data)
