@@ -120,6 +120,19 @@ def test_reset_mid_put_over_webrepl_keeps_the_old_file_and_leaves_no_temp_file(t
             assert r.output == b"42\n", r
 
 
+def test_a_webrepl_board_reset_between_cells_is_reconnected_by_itself(tmp_path):
+    """The reset button between two cells on a WebREPL board, which drops the connection as it resets.
+    Before: the next cell failed with "the board disconnected". Now the link logs in again by itself
+    and the cell runs on the fresh board."""
+    with _board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
+        with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
+            assert session.exec("x = 1").error is None
+            board.hard_reset()
+            time.sleep(2.0)   # the board has rebooted and dropped the connection meanwhile
+            r = returns(lambda: session.exec("print('x' in globals(), 6*7)", timeout=20))
+            assert r.output == b"False 42\n" and r.error is None, r
+
+
 def test_reset_while_a_cell_waits_in_input_is_noticed(tmp_path):
     """The reset button while a cell waits in input(). Before: what the rebooted board said was taken
     for the echo of the typed line and dropped, and the cell ran until its limit (for ever without

@@ -742,7 +742,16 @@ class BoardSession(ValuesFromExec):
     def _reopen_if_dropped(self, deadline: float) -> None:
         """Before an operation: a link the board (or the network) dropped since the last one connects
         again by itself where it can (WebREPL), so the operation runs instead of failing."""
-        if self.link.dropped and self.link.can_reopen:
+        if not self.link.can_reopen:
+            return
+        if not self.link.dropped:
+            # A drop while nobody read (the board reset between operations) shows only when read:
+            # look now, before any code is sent. Bytes that came stay for _send_program's check.
+            try:
+                self._read_more(0)
+            except LinkClosed:
+                pass
+        if self.link.dropped:
             self._reopen_after_reset(deadline)
 
     def _reopen_after_reset(self, deadline: float) -> None:
