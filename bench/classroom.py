@@ -66,8 +66,8 @@ def run_cells(ws: KernelSocket, cells: int, think: float = 0.0,
     return times
 
 
-def all_at_once(sockets: dict[str, KernelSocket], cells: int, think: float) -> list[float]:
-    """Every student runs `cells` cells, starting at the same moment; all the cells' times."""
+def all_at_once(sockets: dict[str, KernelSocket], cells: int, think: float) -> list[list[float]]:
+    """Every student runs `cells` cells, starting at the same moment; each student's cells' times."""
     barrier = threading.Barrier(len(sockets))
     loaded: dict[str, list[float]] = {}
     errors: list[str] = []
@@ -85,7 +85,7 @@ def all_at_once(sockets: dict[str, KernelSocket], cells: int, think: float) -> l
         th.join(1800)
     if errors:
         raise RuntimeError(f"cells failed under load: {errors[0]}")
-    return [x for times in loaded.values() for x in times]
+    return list(loaded.values())
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -234,7 +234,9 @@ def main() -> int:
                   flush=True)
             pi_pids = set().union(*(pi.netns_pids() for pi in lab.pis.values()))
             before, t = cpu_ticks(), time.perf_counter()
-            under_load = all_at_once(sockets, args.cells, args.think)
+            per_student = all_at_once(sockets, args.cells, args.think)
+            under_load = [x for times in per_student for x in times]
+            after_first = [x for times in per_student for x in times[1:]]
             seconds = time.perf_counter() - t
             breakdown = cpu_breakdown(before, cpu_ticks(), pi_pids, len(under_load), seconds)
             _, available_loaded = memory_mb()
@@ -243,8 +245,13 @@ def main() -> int:
                   f"{args.think:g} s between cells; memory used by the class {available_before - available_loaded} MB, "
                   f"load average {os.getloadavg()[0]:.1f}, fd limit {fd_limit}; CPU:", flush=True)
             print("\n".join(breakdown), flush=True)
+            print(f"  of which the first cells (all {args.users} sent at the same instant): p50 "
+                  f"{statistics.median([t[0] for t in per_student]) * 1000:.1f} ms, max "
+                  f"{max(t[0] for t in per_student) * 1000:.1f} ms; the other cells: p50 "
+                  f"{statistics.median(after_first) * 1000:.1f} ms, p99 {percentile(after_first, 99) * 1000:.1f} ms",
+                  flush=True)
             if args.think:
-                saturated = all_at_once(sockets, args.cells, 0.0)
+                saturated = [x for times in all_at_once(sockets, args.cells, 0.0) for x in times]
                 print(f"all {args.users} back to back (no pause, the machine saturated): "
                       f"p50 {statistics.median(saturated) * 1000:.1f} ms, p99 {percentile(saturated, 99) * 1000:.1f} ms, "
                       f"{len(saturated)} cells", flush=True)
