@@ -392,12 +392,21 @@ class BoardSession(ValuesFromExec):
             del self._buf[:5]
             self.raw_paste = True
             return True
-        self.raw_paste = False
         if head == b"R\x00":
             del self._buf[:2]
         else:
-            # Firmware without raw-paste takes \x01 as "raw REPL again" and reprints the banner.
-            self._read_until(RAW_BANNER, deadline, "raw REPL banner")
+            # Firmware without raw-paste takes \x01 as "raw REPL again" and reprints the banner. A board
+            # that reset meanwhile answers with reboot text instead: that says nothing about raw-paste
+            # (remembered for the whole connection), and its banner never comes.
+            while RAW_BANNER not in self._buf:
+                self._check_upload_reset(bytearray(), deadline)
+                if not self._read_more(max(0.0, deadline - time.monotonic())) and time.monotonic() >= deadline:
+                    self._check_upload_reset(bytearray(), deadline)
+                    raise BoardNotResponding(f"{self.link.description}: no raw REPL banner from the board "
+                                             f"(last bytes received: {bytes(self._buf[-60:])!r}); "
+                                             "is it a MicroPython board at this baud rate?")
+            del self._buf[: self._buf.find(RAW_BANNER) + len(RAW_BANNER)]
+        self.raw_paste = False
         return False
 
     def _check_upload_reset(self, text: bytearray, deadline: float, data: bytes | bytearray | None = None) -> None:
