@@ -198,6 +198,9 @@ class MipInstaller:
             code = ("import sys\nprint('='+repr((getattr(sys.implementation,'_mpy',0)&255,"
                     "getattr(sys,'path',None))))\n")
             result = self.files.session.exec(code, scratch=True, timeout=30)
+            if result.reset is not None:
+                raise MipError(f"the board reset ({result.reset} reset) while asked its MicroPython version: "
+                               "nothing was installed; install again")
             if result.error is not None or result.timed_out:
                 raise MipError("the board did not say its MicroPython version: "
                                f"{result.error.message if result.error else 'no answer in 30 s'}")
@@ -398,6 +401,9 @@ class MipInstaller:
                     " return (t,h.digest())\n"
                     f"for p in {batch!r}:\n print('='+repr(_ekh(p)))\n")
             result = self.files.session.exec(code, scratch=True, timeout=120)
+            if result.reset is not None:
+                raise MipError(f"the board reset ({result.reset} reset) while hashing its files: nothing was "
+                               "installed; install again")
             if result.error is not None or result.timed_out:
                 why = f"{result.error.type}: {result.error.message}" if result.error else "no answer in 120 s"
                 raise MipError(f"the board could not hash its files ({why}); nothing was installed")

@@ -540,6 +540,8 @@ def chunk_for(free_ram: int | None) -> int:
 
 def _run(session: BoardSession, code: str, what: str, timeout: float = 30.0) -> Any:
     result = session.exec(code, timeout=timeout, scratch=True)
+    if result.reset is not None:
+        raise MountError(f"{what}: the board reset ({result.reset} reset) meanwhile; run the magic again")
     if result.error is not None:
         raise MountError(f"{what} failed on the board: {result.error.type}: {result.error.message}".rstrip(": "))
     text = result.output.decode(errors="replace")
