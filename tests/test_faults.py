@@ -120,6 +120,36 @@ def test_reset_mid_put_over_webrepl_keeps_the_old_file_and_leaves_no_temp_file(t
             assert r.output == b"42\n", r
 
 
+def test_webrepl_connection_dropped_mid_put_leaves_a_working_board(tmp_path):
+    """The network drops the WebREPL connection during a put while the board runs on (no reset). Its
+    receiver reads the data with Ctrl-C off, a window at a time: before, it went on waiting for bytes
+    that never came, so the reconnected link could not enter the raw REPL and the temporary file
+    stayed. Now the reconnect ends the receiver, which removes its partial file."""
+    import random
+    import socket
+    from edgekernel.device.files import BoardFiles, FileTransferError
+    with _board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
+        with open(os.path.join(board.flash_dir, "main.py"), "wb") as f:
+            f.write(b"old\n")
+        with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
+            files = BoardFiles(session)
+            dropped = threading.Event()
+
+            def progress(done: int, total: int) -> None:
+                if done > total // 3 and not dropped.is_set():
+                    dropped.set()
+                    session.link._ws.sock.shutdown(socket.SHUT_RDWR)   # the network, not the board
+            data = random.Random(6).randbytes(200_000)
+            with pytest.raises(FileTransferError) as info:
+                returns(lambda: files.put(data, "main.py", progress=progress), 60, "the put")
+            assert dropped.is_set()
+            assert "\n" not in str(info.value), info.value
+            r = returns(lambda: session.exec("print(6*7)", timeout=20), NOTICE_GUARD, "the next cell")
+            assert r.output == b"42\n" and r.error is None, r
+            assert open(os.path.join(board.flash_dir, "main.py"), "rb").read() == b"old\n"
+            assert sorted(os.listdir(board.flash_dir)) == ["main.py"]
+
+
 def test_a_webrepl_board_reset_between_cells_is_reconnected_by_itself(tmp_path):
     """The reset button between two cells on a WebREPL board, which drops the connection as it resets.
     Before: the next cell failed with "the board disconnected". Now the link logs in again by itself

@@ -106,6 +106,7 @@ class BoardSession(ValuesFromExec):
         # The running exec saw reboot text: bytes for the program's stdin would reach a rebooted REPL.
         self._reset_suspected = False
         self._fed_stdin = False              # this run's program was sent stdin data (write_during_exec)
+        self._reader_may_wait = False        # ... and the link was lost under it (see _reopen_after_reset)
         #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back.
         self.link_reopen_timeout = 20.0
         self.closed = False
@@ -503,6 +504,11 @@ class BoardSession(ValuesFromExec):
             raise BoardBusy(f"{self.link.description}: the board is busy with another operation")
         try:
             return self._exec_locked(code, on_output, on_input, show_value, timeout, filename, scratch)
+        except LinkClosed:
+            # A program fed stdin data reads it with Ctrl-C off (a put's receiver): on a board the link
+            # lost without a reset it still waits for bytes, and must get them on the next connection.
+            self._reader_may_wait = self._fed_stdin
+            raise
         finally:
             self._lock.release()
 
@@ -769,6 +775,12 @@ class BoardSession(ValuesFromExec):
         self._buf.clear()
         self._at_prompt = self._helpers = False
         self.link.reopen(max(1.0, deadline - time.monotonic()))
+        if self._reader_may_wait:
+            # The receiver reads up to a window at a time and stops at a 0x03 among what it read: a
+            # window of them ends it wherever it is (it removes its partial file); the rest reach the
+            # raw REPL, where Ctrl-C at the prompt does nothing.
+            self._reader_may_wait = False
+            self.link.write(b"\x03" * (max(self._window, 64) + 8))
         self._enter_raw_repl(deadline)
 
     def hard_reset(self, timeout: float = 10.0) -> None:
