@@ -68,3 +68,10 @@ def test_background_job_can_be_stopped(kernel) -> None:
 def test_bg_without_a_job_and_with_bad_options(kernel) -> None:
     bad = kernel.execute("%bg --bogus")
     assert bad.status == "error" and "--bogus" in bad.content["evalue"]
+
+
+def test_bg_with_another_cell_magic_says_what_does_it(kernel) -> None:
+    run = kernel.execute("%%bg\n%%plot\nprint(1, 2)")
+    assert run.status == "error" and "%%plot --bg" in run.content["evalue"], run
+    assert "\n" not in run.content["evalue"]
+    assert kernel.ok("print('still fine')").stream().strip() == "still fine"

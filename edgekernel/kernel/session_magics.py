@@ -57,6 +57,12 @@ def _bg_cell(kernel: Any, args: Any, body: str) -> None:
     board = kernel.require_board()
     if not body.strip():
         raise HostError("UsageError", "%%bg needs code after its line")
+    first = body.lstrip().split("\n", 1)[0].strip()
+    if first.startswith("%%"):
+        # The board would get the magic as code (a SyntaxError there): say what does this.
+        hint = "%%plot --bg plots in the background" if first.startswith("%%plot") else \
+            "put the cell magic first, or drop it"
+        raise HostError("UsageError", f"%%bg runs board code, not another cell magic ({first.split()[0]}): {hint}")
     kernel.bg_job = BackgroundJob(board, body, kernel.submit_to_board)
     kernel.say("started in the background: the board is busy until it ends "
                "(%bg shows its output, %bg stop ends it)\n")
