@@ -65,7 +65,7 @@ WEBREPL_PASSWORD = "flt-pw1"
 FAULT_WORDS = {
     "reset": ("reset", "reboot", "went offline"),   # over MQTT the broker's last will is all the host sees
     "kill": ("closed", "disconnected", "gone", "unplugged", "lost", "no longer", "went away", "not respond",
-             "no answer", "hung up", "cable", "offline", "reset", "did not accept a new"),
+             "no answer", "hung up", "cable", "offline", "reset", "dropped the connection"),
     "ws_drop": ("closed", "dropped", "connection", "disconnected", "lost", "reset"),
     "broker": ("broker",),
     "interrupt": ("interrupt",),

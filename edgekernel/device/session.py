@@ -107,8 +107,10 @@ class BoardSession(ValuesFromExec):
         self._reset_suspected = False
         self._fed_stdin = False              # this run's program was sent stdin data (write_during_exec)
         self._reader_may_wait = False        # ... and the link was lost under it (see _reopen_after_reset)
-        #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back.
-        self.link_reopen_timeout = 20.0
+        #: How long to wait for a board that dropped the link on reset (WebREPL) to take it back. An
+        #: ESP32 rejoins its WiFi within seconds of a reset; a board still away after this is unpowered
+        #: or off the network, which the operation says at once (the next one tries again).
+        self.link_reopen_timeout = 12.0
         self.closed = False
         # Board requests (see set_request_handler) and board setups (see set_board_setup).
         self._request_handlers: dict[str, BoardRequestHandler] = {}

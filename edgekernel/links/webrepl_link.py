@@ -178,7 +178,8 @@ class WebReplLink(Link):
             raise LinkClosed(f"{self.url}: the link is closed; connect again")
         self._drop_socket()
         self._closed_after = None
-        deadline = time.monotonic() + (self.reconnect_timeout if timeout is None else timeout)
+        started = time.monotonic()
+        deadline = started + (self.reconnect_timeout if timeout is None else timeout)
         while True:
             try:
                 self._login(deadline)
@@ -191,8 +192,9 @@ class WebReplLink(Link):
                     raise
                 last = str(exc)
             if time.monotonic() >= deadline:
-                raise LinkClosed(f"{self.url}: the board did not accept a new WebREPL connection after it "
-                                 f"dropped the last one ({last.split(': ', 1)[-1]})")
+                raise LinkClosed(f"{self.url}: the board dropped the connection and did not take a new one "
+                                 f"within {time.monotonic() - started:.0f} s ({last.split(': ', 1)[-1]}); check its "
+                                 "power and WiFi: the next operation connects again")
             time.sleep(0.1)
 
     def _drop_socket(self) -> None:
