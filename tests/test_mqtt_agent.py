@@ -386,3 +386,44 @@ def test_a_password_in_the_url_is_refused_without_echoing_it(url):
     with pytest.raises(ValueError) as refused:
         parse_mqtt_url(url)
     assert "s3cret-pw" not in str(refused.value) and "--password-env" in str(refused.value)
+
+
+@pytest.mark.parametrize("fault", ["reset", "broker restart"])
+def test_put_cut_by_a_reset_or_a_broker_restart_leaves_no_temporary_file(mosquitto, agent_board_factory, fault):
+    # The agent comes back by itself (it boots, or reconnects to the broker): the put waits for it to
+    # remove its temporary file, then says the old file is unchanged (was: the bare "went offline"
+    # error and a .ek-tmp file left on the flash).
+    from edgekernel.device.files import BoardFiles, FileTransferError
+    from edgekernel.mqtt.broker import start_mosquitto
+
+    url = _url(mosquitto, "dev-t")
+    ab = agent_board_factory(url)
+    flash = Path(ab.board.flash_dir)
+    (flash / "data.bin").write_bytes(b"old")
+    restarted = []
+
+    def cut_when_the_temporary_file_appears():
+        deadline = time.monotonic() + 30
+        while not (flash / ".data.bin.ek-tmp").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if fault == "reset":
+            ab.board.hard_reset()
+        else:
+            mosquitto.stop()
+            restarted.append(start_mosquitto(mosquitto.port))
+
+    with MqttSession.open(url) as board:
+        cutter = threading.Thread(target=cut_when_the_temporary_file_appears)
+        cutter.start()
+        try:
+            with pytest.raises(FileTransferError) as info:
+                BoardFiles.for_board(board).put(os.urandom(60_000), "data.bin")
+        finally:
+            cutter.join()
+            for broker in restarted:
+                broker.stop()
+    message = str(info.value)
+    assert "data.bin on the board is unchanged" in message and "may be left" not in message, message
+    assert "\n" not in message
+    assert (flash / "data.bin").read_bytes() == b"old"
+    assert not list(flash.glob("*.ek-tmp"))

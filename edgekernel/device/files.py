@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import board_programs as programs
-from .errors import DeviceError, LinkError
+from .errors import BoardBusy, DeviceError, LinkError
 from .session import BoardSession
 from .webrepl_files import WebReplFileError, WebReplFiles, supports_file_protocol
 
@@ -122,6 +122,8 @@ def _predict(model: dict[str, tuple[float, float]], size: int) -> dict[str, floa
 PROBE_SIZE = 1024     # random bytes; small: on the WebREPL path a probe costs a few 20 ms chunk turns
 PROBE_MIN = 8192      # the first transfer at least this large each way is timed (by REPL) and compared
 PROBE_NAME = ".ek_probe"
+#: After a failed put, how long a board that comes back by itself (an MQTT agent) has to take the clean-up.
+CLEANUP_WAIT = 10.0
 
 
 def _indent(code: str) -> str:
@@ -311,6 +313,14 @@ class BoardFiles:
                 raise
             raise FileTransferError(f"put {dest} failed: {exc} (a reset or the network dropped the connection); "
                                     f"{self._unchanged(dest, temp)}") from None
+        except BoardBusy:
+            raise   # refused before anything was written
+        except DeviceError as exc:
+            # The board stopped answering mid-put (an MQTT agent that went offline, a board that hung):
+            # its temporary file is removed where the board comes back, and the message says which.
+            if temp is None:
+                raise
+            raise FileTransferError(f"put {dest} failed: {exc}; {self._unchanged(dest, temp)}") from None
         seconds = time.perf_counter() - started
         if n != len(data) or digest != self.host_digest(data):
             what = (f"{n:,} bytes arrived of {len(data):,}" if n != len(data)
@@ -335,13 +345,22 @@ class BoardFiles:
             raise FileTransferError(f"{exc}; {self._unchanged(dest, temp)}") from None
 
     def _unchanged(self, dest: str, temp: str) -> str:
-        """After a failed put to `temp`: remove it if the board answers, and say what is left."""
-        try:
-            self._run(f"import os\ntry:\n os.remove({temp!r})\nexcept OSError:\n pass\n", f"rm {temp}")
-        except DeviceError:
-            return (f"{dest} on the board is unchanged; a temporary {temp} may be left "
-                    "(the next put of this file replaces it)")
-        return f"{dest} on the board is unchanged"
+        """After a failed put to `temp`: remove it if the board answers, and say what is left.
+
+        A board that comes back by itself without a new link (an MQTT agent after a broker restart
+        or a reset) gets CLEANUP_WAIT seconds to do so; a link that reopens waits in the session."""
+        caps = self.session.capabilities
+        patient = caps.reconnects and not caps.byte_stream
+        deadline = time.monotonic() + (CLEANUP_WAIT if patient else 0.0)
+        while True:
+            try:
+                self._run(f"import os\ntry:\n os.remove({temp!r})\nexcept OSError:\n pass\n", f"rm {temp}")
+                return f"{dest} on the board is unchanged"
+            except (DeviceError, LinkError):
+                if time.monotonic() >= deadline:
+                    return (f"{dest} on the board is unchanged; a temporary {temp} may be left "
+                            "(the next put of this file replaces it)")
+                time.sleep(0.5)
 
     def _put_via(self, path: str, data: bytes, dest: str, append: bool,
                  progress: Progress | None, label: str | None = None) -> tuple[int, int, bytes | int]:

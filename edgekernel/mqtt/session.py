@@ -43,6 +43,7 @@ from .client import (TOPIC_PREFIX, MqttClientError, MqttUrl, close_client, conne
 DEFAULT_MAX_PART = 1800          # the agent announces its own limit in its status
 ACK_TIMEOUT = 10.0               # a board that does not start a request within this is not answering
 INTERRUPT_GRACE = 3.0            # after an interrupt, how long the board may take to say it stopped
+BROKER_LOST_GRACE = 1.0          # after the board's last will: how long to look for the broker going away
 STATUS_WAIT = 2.0                # how long to wait for the board's retained status when connecting
 
 OutputCallback = Callable[[bytes], None]
@@ -272,13 +273,17 @@ class MqttSession(ValuesFromExec):
                 continue
             if what == "status":
                 if payload.get("state") != "online":
+                    # A broker that shuts down may publish the board's last will just before it drops us:
+                    # that is the broker going away, not the board.
+                    lost = self._broker_lost_within(BROKER_LOST_GRACE)
+                    if lost is not None:
+                        raise self._broker_lost(lost)
                     raise BoardOffline(f"{self.url.device_id} went offline while the cell ran (the broker "
                                        "delivered its last will): what the cell did is unknown; it runs cells "
                                        "again once it is back online")
                 continue
             if what == "broker-lost":
-                raise MqttError(f"lost the connection to the broker at {self.url.host}:{self.url.port} while the "
-                                f"cell ran ({payload}): start it again, then rerun the cell")
+                raise self._broker_lost(payload)
             if what != "out" or not payload.startswith(prefix):
                 continue
             head, _, body = payload.partition(b"\n")
@@ -323,6 +328,21 @@ class MqttSession(ValuesFromExec):
         result.timed_out = timed_out
         result.seconds = time.monotonic() - start
         return result
+
+    def _broker_lost(self, why: object) -> MqttError:
+        return MqttError(f"lost the connection to the broker at {self.url.host}:{self.url.port} while the "
+                         f"cell ran ({why}): start it again, then rerun the cell")
+
+    def _broker_lost_within(self, seconds: float) -> str | None:
+        """Why the broker connection was lost, if it is within `seconds` (None: it is still up)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                what, payload = self._inbox.get(timeout=max(0.001, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if what == "broker-lost":
+                return str(payload)
 
     @staticmethod
     def _parse_error(text: str, filename: str) -> BoardException:
