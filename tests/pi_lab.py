@@ -349,6 +349,13 @@ class PiLab:
         """Plug a Pi's network cable in or out (its veth on the bridge)."""
         index = list(self.pis).index(pi) + 1
         _run("ip", "link", "set", self._veth(index), "up" if up else "down")
+        if up:
+            # Plugged in again, a Pi is back once it answers: until the link has come up (and the
+            # address the pulled cable left unresolved has been looked up again) a connection gets
+            # "No route to host", which is the cable, not the product.
+            address = self.pis[pi].address
+            _run("ip", "neigh", "flush", "to", address)
+            self._wait_port(address, 22)
 
     # -- down -------------------------------------------------------------------------------------
 

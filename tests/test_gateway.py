@@ -140,7 +140,10 @@ def test_interrupt_python_and_board_kernels(gateways, kernels):
     for name, loop in ((gateways.any_pi_kernel, "import time\ntime.sleep(60)"),
                        (gateways.board_kernel, "while True:\n    pass")):
         km, kc = kernels.start(name)
-        msg_id = kc.execute(loop)
+        # stop_on_error=False: ipykernel 7 sends the error reply before it starts aborting queued requests,
+        # so a request sent the moment the reply arrives can land in that window and be aborted (seen under
+        # load). Aborting what was queued behind an error is ipykernel's business, not what is tested here.
+        msg_id = kc.execute(loop, stop_on_error=False)
         time.sleep(1.0)
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=30)
