@@ -176,6 +176,30 @@ def test_a_line_typed_after_an_interrupt_never_runs_as_code(tmp_path):
         assert r.output == b"42\n" and r.error is None, r
 
 
+def test_a_link_that_stalls_while_a_paced_cell_goes_over_does_not_feed_its_input(tmp_path):
+    """The link stalls (the relay stopped) while a cell goes over without raw-paste, longer than the
+    second of silence after which the session sends the end byte again (it may have been lost in a small
+    receive buffer). Before: the spare end byte waited in the board's stdin, input() took it as Ctrl-D
+    (EOFError), and the answer typed meanwhile landed at the raw prompt and ran as code ahead of the next
+    cell (NameError: name 'abc' isn't defined). Now input() gets the answer and the next cell runs clean."""
+    import signal
+
+    with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+        session.raw_paste = False          # firmware without raw-paste: paced writes, no flow control
+        os.kill(board.pid, signal.SIGSTOP)
+        resume = threading.Timer(1.6, os.kill, (board.pid, signal.SIGCONT))
+        resume.start()
+        try:
+            r = returns(lambda: session.exec("s = input('? ')\nprint('got', s)", on_input=lambda p: "abc",
+                                             timeout=20))
+        finally:
+            resume.join()
+            os.kill(board.pid, signal.SIGCONT)
+        assert r.error is None and r.output.endswith(b"got abc\n"), r
+        r = returns(lambda: session.exec("print(6*7)", timeout=20))
+        assert r.output == b"42\n" and r.error is None, r
+
+
 def test_campaign_fixed_seed_subset(capsys):
     """A few minutes of bench/faults.py on the unix board (direct and behind the 256-byte dropping
     buffer): every check zero."""

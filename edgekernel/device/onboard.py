@@ -53,6 +53,8 @@ DAMAGED_CELL = "the cell arrived damaged"
 # own `sys` or `input` is never rebound or deleted. Its input() goes into builtins where the
 # firmware lets builtins be overridden (a user's own global `input` then still wins); elsewhere
 # into globals, unless the user has an `input` of their own there.
+# inp() reads again after an EOFError: the host never types Ctrl-D, but the spare end byte it sends a
+# board that went silent while taking a paced program (END_BYTE_NUDGE) may be waiting in stdin.
 # A board that has this very helper already (a new session on a running board) keeps it: nothing
 # is rebuilt, which on a 16 KB heap would leave it more fragmented at each connect. Reinstalled
 # over an older helper, it keeps the original input() that one saved.
@@ -90,7 +92,10 @@ if getattr(globals().get('_ek'), 'v', 0) != VERSION:
         def inp(p=''):
             m = _ek.m
             print(m + 'I' + str(p) + m + 'W', end='')
-            r = _ek.input()
+            try:
+                r = _ek.input()
+            except EOFError:
+                r = _ek.input()
             print(m + 'i', end='')
             if r == m[1:] + 'X':
                 raise OSError('input() needs a front end that allows stdin')

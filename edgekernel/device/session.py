@@ -1027,6 +1027,10 @@ class _Follower:
     def answer_input(self, prompt: str) -> None:
         line = self.on_input(prompt) if self.on_input is not None else None
         self.s._read_more(0)
+        if any(self.marker + end in self.s._buf for end in (b"i", b"E", b"D")):
+            # The program stopped waiting while the person typed (input() failed, or the program ended):
+            # the line would land at the raw prompt and run as the start of the next program.
+            return
         if self.s._interrupt_at is not None or _reset_kind(self.s._buf) is not None:
             # Interrupted while the person typed: the program is ending (or has ended) with
             # KeyboardInterrupt, so the line would land at the raw prompt and run as code. Or the
