@@ -211,6 +211,9 @@ class MqttSession(ValuesFromExec):
     def _check_usable(self) -> None:
         if self.closed or self._client is None:
             raise LinkClosed(f"{self.link.description}: the session is closed; connect again")
+        if self.online is False:
+            # The board's last will may come from a broker that is shutting down: then say the broker.
+            self._broker_lost_within(BROKER_LOST_GRACE)
         if not self._client.is_connected():
             raise MqttError(f"not connected to the broker at {self.url.host}:{self.url.port} "
                             "(it went away; edgekernel keeps retrying): start it again, then rerun the cell")
