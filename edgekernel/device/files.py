@@ -603,6 +603,10 @@ class BoardFiles:
             self._run("_ek.f.close()\n_ek.f=_ek.a=None\n", f"put {label}")
         except DeviceError as exc:
             why = str(exc).split("failed on the board: ", 1)[-1]
+            if why.startswith("AttributeError") and ("attribute 'f'" in why or "attribute 'a'" in why):
+                # The file the opening program left on _ek is gone: the board (or the MQTT agent)
+                # restarted between two chunks, faster than anything else showed it.
+                why = "the board reset during the transfer (it lost the file being written)"
             try:
                 self._run("try:\n _ek.f.close()\nexcept:\n pass\n_ek.f=_ek.a=None\n", "close")
             except DeviceError:
