@@ -669,6 +669,10 @@ def run_trial(t: Trial, log: Callable[[str], None]) -> Counts:
             log(f"  DUPLICATED {tg.key} {t.op} {t.fault}: the cell ran {runs} times")
         if t.op in ("cell", "cell50k", "flood", "input", "interrupt", "mount"):
             seen = _lines(bytes(t.output))
+            if len(seen) > 1 and seen[-1] != len(seen) - 1 and str(len(seen) - 1).startswith(str(seen[-1])):
+                # A line the fault cut ("L16" of L166) that the reboot text's own newline ended: what the
+                # board printed, not output lost.
+                seen.pop()
             if seen != list(range(len(seen))):
                 c.lost += 1
                 gap = next((i for i, v in enumerate(seen) if v != i), None)
