@@ -46,7 +46,9 @@ def explain_ssh_failure(host: str, stderr: str, python: str = "python3") -> str:
         return (f"the SSH host key of {host} is not known (or changed): run 'ssh {host}' once, check the "
                 "fingerprint and accept it, then retry")
     if re.search(r"Could not resolve hostname|Connection refused|timed out|No route to host|"
-                 r"Network is unreachable|Connection closed by|Connection reset", text):
+                 r"Network is unreachable|Connection closed by|Connection reset|"
+                 # the shared connection (ControlMaster) died under the request: the Pi went away
+                 r"read from master failed|Broken pipe", text):
         return (f"cannot reach {host} over SSH ({last}): check the Pi is on and on the network, "
                 f"and that 'ssh {host}' works")
     if "Permission denied" in text:
