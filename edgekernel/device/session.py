@@ -620,7 +620,9 @@ class BoardSession(ValuesFromExec):
         except LinkClosed:
             if not self.link.can_reopen:
                 raise
-            self._reopen_after_reset(deadline)
+            # As long as any reopen waits, not the whole soft reset's limit: a board that does not come
+            # back in that time is gone (unplugged), which is said at once.
+            self._reopen_after_reset(min(deadline, time.monotonic() + self.link_reopen_timeout))
         self._at_prompt = True
         self._install_helpers(deadline)
 
