@@ -200,6 +200,29 @@ def test_a_link_that_stalls_while_a_paced_cell_goes_over_does_not_feed_its_input
         assert r.output == b"42\n" and r.error is None, r
 
 
+def test_a_webrepl_board_pulled_after_a_get_arrived_still_gives_the_data(tmp_path, monkeypatch):
+    """The cable pulled (the board process killed) the moment a first large get over WebREPL has arrived and
+    been verified, as the session measures the file protocol for later transfers. Before: the measuring
+    waited out one reconnect, its clean-up a second, and the get failed after 24 s ("did not take a new
+    one") although its data was there. Now the get returns the data within one reconnect's wait."""
+    from edgekernel.device.files import BoardFiles
+    with own_unix_board(tmp_path, webrepl=0, webrepl_password="flt-pw1", webrepl_faithful=True) as board:
+        data = os.urandom(100_000)
+        with open(os.path.join(board.flash_dir, "data.bin"), "wb") as f:
+            f.write(data)
+        with BoardSession.open(board.webrepl, timeout=20, link_options={"password": "flt-pw1"}) as session:
+            learn = BoardFiles._learn
+
+            def pull_the_cable_then_learn(self, *args):
+                board.kill()
+                return learn(self, *args)
+            monkeypatch.setattr(BoardFiles, "_learn", pull_the_cable_then_learn)
+            started = time.monotonic()
+            got = returns(lambda: BoardFiles(session).get("data.bin"), 60, "the get")
+            assert got == data
+            assert time.monotonic() - started < session.link_reopen_timeout + 5
+
+
 def test_campaign_fixed_seed_subset(capsys):
     """A few minutes of bench/faults.py on the unix board (direct and behind the 256-byte dropping
     buffer): every check zero."""

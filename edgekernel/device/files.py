@@ -422,13 +422,16 @@ class BoardFiles:
             self.hash(PROBE_NAME)   # the verification every transfer ends with
             verify = time.perf_counter() - start
             webrepl = (round_trip + verify, max(0.0, transfer - round_trip) / PROBE_SIZE)
-        except DeviceError:
+        except (DeviceError, LinkError):
             pass   # the user's transfer is done and verified; the probe only informs the next one
         finally:
-            try:
-                self._run(f"import os\ntry:\n os.remove({PROBE_NAME!r})\nexcept OSError:\n pass\n", "rm probe")
-            except DeviceError:
-                pass
+            link = getattr(self.session, "link", None)
+            if not getattr(link, "dropped", False):
+                # (A link that is gone would wait out another reconnect here: the next operation says it.)
+                try:
+                    self._run(f"import os\ntry:\n os.remove({PROBE_NAME!r})\nexcept OSError:\n pass\n", "rm probe")
+                except (DeviceError, LinkError):
+                    pass
         # The REPL path's fixed costs are in its own time: scaled with size (a little pessimistic).
         model = {"repl": (0.0, seconds / size), "webrepl": webrepl}
         _path_costs.setdefault(self.session, {})[direction] = model
