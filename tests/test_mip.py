@@ -267,6 +267,23 @@ def _stats(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file()}
 
 
+def test_an_interrupt_between_two_files_stops_the_install_there(index, unix_files) -> None:
+    """Kernel -> Interrupt that comes while no board code runs (between two files) reaches no Ctrl-C: the
+    installer asks `cancelled` before each file, so the install stops there and says what is where."""
+    url, root = index
+    board, files = unix_files
+    lines: list[str] = []
+    with pytest.raises(MipError) as failed:
+        MipInstaller(files, index=url, target="/cut", say=lines.append,
+                     cancelled=lambda: sum(line.startswith("installed ") for line in lines) >= 2).install(["bigpkg"])
+    message = str(failed.value)
+    assert "\n" not in message and ": interrupted before it was written; " in message, message
+    assert "; installed: /cut/bigpkg/part0.mpy, /cut/bigpkg/part1.mpy; not installed: /cut/bigpkg/part2.mpy, " in message
+    assert message.endswith("install again: files already there are skipped"), message
+    written = sorted(p.name for p in (Path(board.flash_dir) / "cut" / "bigpkg").iterdir())
+    assert written == ["part0.mpy", "part1.mpy"]
+
+
 def test_install_with_a_dependency_then_unchanged_then_another_version(index, unix) -> None:
     url, root = index
     board, kernel = unix
@@ -510,7 +527,9 @@ def test_interrupt_mid_install_then_install_again(index, boards, kernels) -> Non
     run = kernel.collect(msg_id)
     assert run.status == "error", run
     evalue = run.content["evalue"]
-    assert "\n" not in evalue and ": interrupted (put /lib/bigpkg/part" in evalue, evalue
+    # Ctrl-C stops the put that runs; an interrupt between two puts stops the install before the next.
+    assert "\n" not in evalue and (": interrupted (put /lib/bigpkg/part" in evalue
+                                   or ": interrupted before it was written" in evalue), evalue
     assert "; installed: /lib/bigpkg/part0.mpy, /lib/bigpkg/part1.mpy" in evalue, evalue
     assert "not installed: " in evalue and "install again: files already there are skipped" in evalue, evalue
     expected = {f"lib/{p}": d for p, d in index_file(root, MPY, "bigpkg").items()}

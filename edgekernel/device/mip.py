@@ -179,8 +179,10 @@ class MipInstaller:
 
     def __init__(self, files: BoardFiles, *, index: str | None = None, target: str | None = None,
                  mpy: bool = True, say: Callable[[str], None] | None = None, hosts: dict[str, str] = HOSTS,
-                 timeout: float = HTTP_TIMEOUT) -> None:
+                 timeout: float = HTTP_TIMEOUT, cancelled: Callable[[], bool] = lambda: False) -> None:
         self.files = files
+        # Asked between files: an interrupt that comes while no board code runs stops the install there.
+        self.cancelled = cancelled
         self.index = (index or DEFAULT_INDEX).rstrip("/")
         self.target = target
         self.mpy = mpy
@@ -450,14 +452,14 @@ class MipInstaller:
                                f"{free:,} are free (nothing was installed; %df shows the space, %rm frees it)")
         made: set[str] = set()
         for item in todo:
+            if self.cancelled():
+                self._stop_after(item, todo)
+                raise MipError(self._summary(report, item, "interrupted before it was written", "install again"))
             try:
                 self._make_parents(item.path, made)
                 self.files.put(item.data or b"", item.path)
             except FileTransferError as exc:
-                item.state = "failed"
-                for rest in todo:
-                    if rest.state == "pending":
-                        rest.state = "not installed"
+                self._stop_after(item, todo)
                 raise MipError(self._failure(report, item, exc)) from None
             item.state = "installed"
             self.say(f"installed  {item.path} ({len(item.data or b''):,} bytes)\n")
@@ -472,15 +474,26 @@ class MipInstaller:
             self.files.mkdir(prefix, exist_ok=True)
             made.add(prefix)
 
+    @staticmethod
+    def _stop_after(item: PlannedFile, todo: list[PlannedFile]) -> None:
+        item.state = "failed"
+        for rest in todo:
+            if rest.state == "pending":
+                rest.state = "not installed"
+
     def _failure(self, report: InstallReport, item: PlannedFile, exc: Exception) -> str:
         text = str(exc)   # the put's own message, which says what is left of this file on the board
         full = "ENOSPC" in text or "[Errno 28]" in text or "OSError: 28" in text
         interrupted = "interrupted" in text.lower()
-        done = report.paths("installed")
-        left = [item.path] + report.paths("not installed")
         cause = "the board's flash is full" if full else "interrupted" if interrupted else "writing it failed"
         advice = ("free space (%df, %rm) and install again" if full else "install again")
-        return (f"{item.path}: {cause} ({text}); installed: {', '.join(done) if done else 'nothing'}; "
+        return self._summary(report, item, f"{cause} ({text})", advice)
+
+    @staticmethod
+    def _summary(report: InstallReport, item: PlannedFile, cause: str, advice: str) -> str:
+        done = report.paths("installed")
+        left = [item.path] + report.paths("not installed")
+        return (f"{item.path}: {cause}; installed: {', '.join(done) if done else 'nothing'}; "
                 f"not installed: {', '.join(left)}; {advice}: files already there are skipped")
 
 

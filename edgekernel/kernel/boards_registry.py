@@ -58,6 +58,9 @@ class BoardSlot:
         self.signatures = SignatureIndex()           # functions defined by cells run on this board
         self.jobs = 0                                # submitted and not finished
         self.closed = False                          # disconnected for good (%disconnect NAME) or shut down
+        # Kernel -> Interrupt during this board's current request. The board's Ctrl-C only stops code that
+        # is running; host-side loops between board operations (%mip's files) check this instead.
+        self.interrupt_requested = threading.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"board-{name}",
                                           initializer=_mark_worker, initargs=(self,))
 

@@ -218,6 +218,11 @@ class MicroPythonKernel(IPythonKernel):
         """The current board's Connection (see current_slot)."""
         return self.current_slot.connection
 
+    def interrupt_requested(self) -> bool:
+        """True once Kernel -> Interrupt came during the current board's request (for magics that run
+        several board operations: an interrupt between two of them reaches no running code)."""
+        return self.current_slot.interrupt_requested.is_set()
+
     @property
     def board(self) -> Board | None:
         connection = self.connection
@@ -304,6 +309,8 @@ class MicroPythonKernel(IPythonKernel):
         """Run `work` on the board's worker (the current board's unless `slot`) and await it;
         Kernel -> Interrupt meanwhile is that board's Ctrl-C. A lost link disconnects that board."""
         slot = slot or self.current_slot
+        if slot not in self._interruptible:
+            slot.interrupt_requested.clear()
         future = asyncio.wrap_future(slot.submit(work))
         self._catch_sigint(slot)
         try:
@@ -606,6 +613,7 @@ class MicroPythonKernel(IPythonKernel):
         cell = self._cell_slot or self.boards.active_slot
         targets = [cell] if cell in self._interruptible else list(dict.fromkeys(self._interruptible))
         for slot in targets:
+            slot.interrupt_requested.set()
             board = slot.connection.board
             if board is not None:
                 # From another thread: the board's worker may hold the link's write lock (a transfer).

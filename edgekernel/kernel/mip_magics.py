@@ -28,7 +28,8 @@ def _mip_args(p: Any) -> None:
 def _mip(kernel: Any, args: Any, body: str) -> None:
     kernel.require_board()   # connects if needed; refused while a %%bg job holds the board
     files = kernel.connection.files()
-    installer = MipInstaller(files, index=args.index, target=args.target, mpy=args.mpy, say=kernel.say)
+    installer = MipInstaller(files, index=args.index, target=args.target, mpy=args.mpy, say=kernel.say,
+                             cancelled=kernel.interrupt_requested)
     try:
         installer.install(args.packages)
     except MipError as exc:
