@@ -198,3 +198,18 @@ def test_cli_file_commands(tmp_path):
         assert ek("ls").stdout == b""
     finally:
         board.stop()
+
+
+def test_put_tree_interrupted_between_two_files_stops_there(files, tmp_path):
+    """Kernel -> Interrupt between two files reaches no running code: put_tree asks `cancelled` before each."""
+    src = tmp_path / "srcstop"
+    (src / "lib").mkdir(parents=True)
+    (src / "main.py").write_bytes(b"import lib\n")
+    (src / "lib" / "a.py").write_bytes(b"A = 1\n")
+    done: list[str] = []
+    with pytest.raises(FileTransferError) as stopped:
+        files.put_tree(src, "stop", progress=lambda path, what: done.append(path), cancelled=lambda: len(done) >= 1)
+    assert str(stopped.value) == ("interrupted before stop/lib/a.py: 1 file(s) put, 0 unchanged; "
+                                  "put the folder again: files already there are skipped")
+    assert (tmp_path / "stop" / "main.py").read_bytes() == b"import lib\n"
+    assert not (tmp_path / "stop" / "lib" / "a.py").exists()

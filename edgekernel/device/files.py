@@ -742,9 +742,11 @@ class BoardFiles:
     # -- trees ---------------------------------------------------------------------
 
     def put_tree(self, local_dir: str | os.PathLike, dest: str = ".", *,
-                 progress: Callable[[str, str], None] | None = None) -> list[tuple[str, str]]:
+                 progress: Callable[[str, str], None] | None = None,
+                 cancelled: Callable[[], bool] = lambda: False) -> list[tuple[str, str]]:
         """Copy a local directory tree to `dest` on the board. Files whose board-side
-        length and hash already match are skipped. Returns [(board path, 'put'|'skipped')]."""
+        length and hash already match are skipped. Returns [(board path, 'put'|'skipped')].
+        `cancelled` is asked before each file: an interrupt between two files reaches no running code."""
         local_dir = os.fspath(local_dir)
         done: list[tuple[str, str]] = []
         base = dest.rstrip("/") or "."
@@ -760,6 +762,10 @@ class BoardFiles:
                 self.mkdir(board_root, exist_ok=True)
             for name in sorted(files):
                 path = name if board_root in (".", "") else f"{board_root}/{name}"
+                if cancelled():
+                    raise FileTransferError(f"interrupted before {path}: {sum(w == 'put' for _, w in done)} "
+                                            f"file(s) put, {sum(w == 'skipped' for _, w in done)} unchanged; "
+                                            "put the folder again: files already there are skipped")
                 with open(os.path.join(root, name), "rb") as f:
                     data = f.read()
                 if self.hash(path) == (len(data), self.host_digest(data)):

@@ -79,7 +79,7 @@ def _send(kernel: Any, args: Any, body: str) -> None:
         source = Path(args.source).expanduser()
         if source.is_dir():
             dest = args.dest or "."
-            for path, what in files.put_tree(source, dest):
+            for path, what in files.put_tree(source, dest, cancelled=kernel.interrupt_requested):
                 if not args.quiet:
                     kernel.say(f"{what:<8} {path}\n")
             return
