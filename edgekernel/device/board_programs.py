@@ -44,6 +44,8 @@ class H:
 # Raw-bytes receiver. Wire: frames of [kind 'R'|'Z', length as 3 x (0x80 | 7 bits, LE), payload].
 # No 0x03 ever travels in a frame, so a raw 0x03 (the session's Ctrl-C) stops the receiver.
 # Credit: the host may send 2*W bytes after 'S' and W more per '#'.
+# The data starts after a 0x02 the host sends first: whatever the board's stdin held before it (the
+# spare end byte a paced upload may add when the board went silent) is skipped, not taken as data.
 RECEIVER = """\
 def _ekp(p,ap,n,W,B,wb):
  import sys,micropython,os
@@ -73,6 +75,12 @@ def _ekp(p,ap,n,W,B,wb):
  try:
   try:
    print('S',end='')
+   while 1:
+    i.readinto(m[:1])
+    if b[0]==2:
+     break
+    if b[0]==3:
+     raise KeyboardInterrupt
    if wb:
     import deflate,io
     ob=bytearray(1024);om=memoryview(ob)

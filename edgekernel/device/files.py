@@ -519,7 +519,9 @@ class BoardFiles:
                     state["credit"] += window
                 elif byte == 0x53 and not state["started"]:   # 'S'
                     state["started"] = True
-                    state["credit"] += 2 * window
+                    # The start byte (see RECEIVER) takes one byte of the first two windows.
+                    session.write_during_exec(b"\x02")
+                    state["credit"] += 2 * window - 1
                 elif byte == 0x21:    # '!': the board stopped and reads up to our 0x03
                     state["failed"] = True
                     # Data never carries a raw 0x03 (it is escaped): it ends the board's drain.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -227,7 +228,7 @@ class BoardSession(ValuesFromExec):
 
     def _enter_raw_repl(self, deadline: float) -> None:
         self._at_prompt = False
-        attempt_end = time.monotonic()
+        attempts = 0
         while True:
             # CR first so a half-typed line cannot absorb the control byte;
             # Ctrl-C twice for programs that catch the first one.
@@ -238,8 +239,11 @@ class BoardSession(ValuesFromExec):
             self._buf.clear()
             self.link.write(b"\r\x01")
             attempt_end = min(deadline, time.monotonic() + 1.5)
+            attempts += 1
             try:
                 self._read_until(RAW_BANNER, attempt_end, "raw REPL banner")
+                if attempts > 1:
+                    self._sync_raw_repl(min(deadline, time.monotonic() + 3.0))
                 break
             except BoardNotResponding:
                 if time.monotonic() >= deadline:
@@ -248,6 +252,16 @@ class BoardSession(ValuesFromExec):
                         f"(last bytes: {bytes(self._buf[-60:])!r}); check the port and baud rate, "
                         "or reset the board") from None
         self._at_prompt = True
+
+    def _sync_raw_repl(self, deadline: float) -> None:
+        """After more than one attempt to enter the raw REPL, answers to the earlier attempts' bytes (a
+        second banner) may still be on their way, and would read as the answer to what we send next (a
+        late banner looks like firmware without raw-paste). The board answers in order: run a tiny
+        program with an answer of its own and drop everything before that answer."""
+        n = secrets.randbelow(90000) + 10000
+        self.link.write(b"print(%d*7)\x04" % n)
+        self._read_until(b"%d" % (n * 7), deadline, "answer in the raw REPL")
+        self._read_until(b"\x04>", deadline, "raw REPL prompt")
 
     def _install_helpers(self, deadline: float) -> None:
         for attempt in range(3):
