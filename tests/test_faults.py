@@ -281,6 +281,45 @@ def test_a_link_that_stalls_while_the_session_enters_the_raw_repl_keeps_raw_past
         assert session.raw_paste is True
 
 
+def test_a_late_banner_is_not_taken_for_firmware_without_raw_paste(tmp_path):
+    """A banner answering an earlier Ctrl-A (a reset probe's or a resync's, delayed by a stalled link)
+    arrives just as the session asks for raw-paste. Before: it read as firmware without raw-paste, the
+    session sent the cell paced into a board that had switched to raw-paste, and every later program
+    went paced, without flow control (bench/faults.py: 50 KB cells cut by a reset then ran to 21 s).
+    Now a board that has answered with raw-paste keeps it."""
+    import signal
+
+    with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
+        assert session.raw_paste is True
+        os.kill(board.pid, signal.SIGSTOP)   # the Ctrl-A and the cell queue up behind the stall
+        session.link.write(b"\x01")
+        resume = threading.Timer(0.5, os.kill, (board.pid, signal.SIGCONT))
+        resume.start()
+        cell = "".join(f"x = {i}\n" for i in range(400)) + "print(x)"   # > 240 bytes: sent by raw-paste
+        try:
+            r = returns(lambda: session.exec(cell, timeout=30), 40)
+        finally:
+            resume.join()
+            os.kill(board.pid, signal.SIGCONT)
+        assert r.error is None and r.output.endswith(b"399\n"), r
+        assert session.raw_paste is True
+
+
+def test_a_reset_while_a_paced_cell_goes_over_runs_none_of_it(tmp_path):
+    """The reset button while a cell goes over without raw-paste (paced, no flow control). Before: the
+    session went on sending, and the rebooted board's REPL ran the rest of the cell a line at a time
+    (301 of 400 lines). Now the first bytes of its reboot stop the upload: no line of the cell runs."""
+    with own_unix_board(tmp_path, baud=115200) as board, BoardSession.open(board.port, timeout=20) as session:
+        session.raw_paste = False          # firmware without raw-paste
+        pad = "x" * 60
+        cell = "".join(f"_j=open('typed.txt','a');_j.write('{i} ');_j.close()  # {pad}\n" for i in range(300))
+        threading.Timer(0.6, board.hard_reset).start()
+        r = returns(lambda: session.exec(cell, timeout=60), NOTICE_GUARD, "the cell cut by a reset")
+        assert r.reset == "hard", r
+        r = returns(lambda: session.exec("import os\nprint('typed.txt' in os.listdir(), 6*7)", timeout=20))
+        assert r.output == b"False 42\n", r
+
+
 def test_a_webrepl_board_pulled_after_a_get_arrived_still_gives_the_data(tmp_path, monkeypatch):
     """The cable pulled (the board process killed) the moment a first large get over WebREPL has arrived and
     been verified, as the session measures the file protocol for later transfers. Before: the measuring

@@ -63,6 +63,8 @@ PACED_RATE = 11520  # bytes/s
 # each time at half the pace: a board that drains slower than a wire (an emulated CPU on a busy
 # host, a board busy in interrupts) then gets what it can take. Never below a 9600-baud wire.
 DAMAGED_RESENDS = 3
+# Bytes from a board while it takes a paced program pause the upload until this long without more.
+UPLOAD_NOISE_QUIET = 0.5
 END_BYTE_NUDGE = 1.0  # seconds of silence after a paced program's \x04 before sending another
 SLOWEST_PACED_RATE = 960
 
@@ -337,6 +339,7 @@ class BoardSession(ValuesFromExec):
                 f"{len(code):,} bytes of code is more than this board can take without raw-paste "
                 f"(about {limit:,} with {self.free_ram:,} bytes free): split the cell or upload it as a file")
         next_write = time.monotonic()
+        text = bytearray()
         for i in range(0, len(code), PACED_CHUNK):
             # Each piece waits for the previous one's wire time; a late wake-up is
             # never made up with a burst, which is what overflows a small buffer.
@@ -349,6 +352,19 @@ class BoardSession(ValuesFromExec):
                 # rest (or the final \x04) would run a fragment or soft-reset it.
                 self._at_prompt = False
                 raise _UploadInterrupted
+            held = len(self._buf)
+            if self._read_more(0):
+                # The raw REPL says nothing while it takes a program: bytes now may be a board that
+                # reset, whose new REPL would run the rest a line at a time. Send nothing until they
+                # are known: reboot text (raises), or a pause in them (a late banner: go on).
+                self._check_upload_reset(text, deadline, self._buf[held:])
+                quiet_at = time.monotonic() + UPLOAD_NOISE_QUIET
+                while time.monotonic() < min(quiet_at, deadline):
+                    held = len(self._buf)
+                    if self._read_more(max(0.0, min(quiet_at, deadline) - time.monotonic())):
+                        self._check_upload_reset(text, deadline, self._buf[held:])
+                        quiet_at = time.monotonic() + UPLOAD_NOISE_QUIET
+                next_write = time.monotonic()
             self.link.write(code[i: i + PACED_CHUNK])
         # The end byte keeps the pace too: lost in a full buffer, it would leave the board waiting.
         wait = next_write - time.monotonic()
@@ -399,19 +415,20 @@ class BoardSession(ValuesFromExec):
 
     def _start_raw_paste(self, deadline: float) -> bool:
         self.link.write(b"\x05A\x01")
-        self._read_at_least(2, deadline, "answer to the raw-paste request")
-        head = bytes(self._buf[:2])
-        if head == b"R\x01":
-            self._read_at_least(5, deadline, "raw-paste window size")
-            self._window = int.from_bytes(self._buf[2:4], "little")
-            # The size itself grants one window; the \x01 after it grants a second.
-            self._credit = self._window * 2 if self._buf[4] == 1 else self._window
-            del self._buf[:5]
-            self.raw_paste = True
-            return True
-        if head == b"R\x00":
-            del self._buf[:2]
-        else:
+        while True:
+            self._read_at_least(2, deadline, "answer to the raw-paste request")
+            head = bytes(self._buf[:2])
+            if head == b"R\x01":
+                self._read_at_least(5, deadline, "raw-paste window size")
+                self._window = int.from_bytes(self._buf[2:4], "little")
+                # The size itself grants one window; the \x01 after it grants a second.
+                self._credit = self._window * 2 if self._buf[4] == 1 else self._window
+                del self._buf[:5]
+                self.raw_paste = True
+                return True
+            if head == b"R\x00":
+                del self._buf[:2]
+                break
             # Firmware without raw-paste takes \x01 as "raw REPL again" and reprints the banner. A board
             # that reset meanwhile answers with reboot text instead: that says nothing about raw-paste
             # (remembered for the whole connection), and its banner never comes.
@@ -423,6 +440,11 @@ class BoardSession(ValuesFromExec):
                                              f"(last bytes received: {bytes(self._buf[-60:])!r}); "
                                              "is it a MicroPython board at this baud rate?")
             del self._buf[: self._buf.find(RAW_BANNER) + len(RAW_BANNER)]
+            if self.raw_paste is not True:
+                break
+            # This board has answered with raw-paste before, and firmware does not change under a
+            # connection: the banner is a late answer to an earlier Ctrl-A (a reset probe's, a resync's)
+            # and the answer to this request comes after it.
         self.raw_paste = False
         return False
 
