@@ -320,6 +320,24 @@ def test_a_reset_while_a_paced_cell_goes_over_runs_none_of_it(tmp_path):
         assert r.output == b"False 42\n", r
 
 
+def test_a_reset_mid_get_by_literal_chunks_names_the_reset(tmp_path):
+    """The reset button while a get goes by literal chunks (as on the micro:bit, whose MicroPython has no
+    stdout buffer). The reboot text runs into the chunk line being printed. Before: the host's parser
+    raised on it ("source code string cannot contain null bytes", found by bench/faults.py as a micro:bit
+    get reset). Now the get says the board reset."""
+    from edgekernel.device.files import BoardFiles, FileTransferError
+
+    with own_unix_board(tmp_path, baud=115200) as board:
+        with open(os.path.join(board.flash_dir, "data.bin"), "wb") as f:
+            f.write(os.urandom(40_000))
+        with BoardSession.open(board.port, timeout=20) as session:
+            files = BoardFiles(session, mode="literal")
+            threading.Timer(1.0, board.hard_reset).start()
+            with pytest.raises(FileTransferError) as info:
+                returns(lambda: files.get("data.bin"), NOTICE_GUARD, "the get cut by a reset")
+            assert "the board reset" in str(info.value), info.value
+
+
 def test_a_webrepl_board_pulled_after_a_get_arrived_still_gives_the_data(tmp_path, monkeypatch):
     """The cable pulled (the board process killed) the moment a first large get over WebREPL has arrived and
     been verified, as the session measures the file protocol for later transfers. Before: the measuring

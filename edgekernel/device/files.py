@@ -722,7 +722,12 @@ class BoardFiles:
                 line = bytes(pending[:i]).strip()
                 del pending[: i + 1]
                 if line.startswith(b"b'") or line.startswith(b'b"'):
-                    parts.append(ast.literal_eval(line.decode()))
+                    try:
+                        parts.append(ast.literal_eval(line.decode(errors="replace")))
+                    except (ValueError, SyntaxError):
+                        # Cut by a reset (its reboot text runs into the line); the exec's result says
+                        # so, and verification catches anything else.
+                        continue
                     got[0] += len(parts[-1])
                     if progress is not None and total:
                         progress(min(total, got[0]), total)
