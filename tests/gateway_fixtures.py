@@ -115,7 +115,7 @@ class Kernels:
         km = KernelManager(kernel_name=name)
         km.start_kernel()
         kc = km.client()
-        kc.start_channels()
+        kc.start_channels(hb=False)
         self.started.append((km, kc))
         kc.wait_for_ready(timeout=60)
         return km, kc

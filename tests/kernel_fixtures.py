@@ -286,7 +286,10 @@ class Kernel:
         self.km.start_kernel(env=env)
         self.pids: set[int] = {self.pid}
         self.kc = self.km.client()
-        self.kc.start_channels()
+        # No heartbeat channel: no test uses it, and under load jupyter_client's heartbeat thread can block
+        # for good in a REQ send after it declared heart failure, so stop_channels() never returned
+        # (a loaded fresh-clone run hung in a fixture's teardown).
+        self.kc.start_channels(hb=False)
         self._replies: dict[str, dict[str, Any]] = {}
         self._iopub: dict[str, list[dict[str, Any]]] = {}
         self._stdin: dict[str, list[dict[str, Any]]] = {}

@@ -664,7 +664,7 @@ def test_a_taken_local_port_gets_other_ports(gateways, kernels):
         km.shell_port = taken.getsockname()[1]   # as if another process had bound it since
         km.start_kernel()
         kc = km.client()
-        kc.start_channels()
+        kc.start_channels(hb=False)
         kernels.started.append((km, kc))
         kc.wait_for_ready(timeout=60)
         assert km.shell_port != taken.getsockname()[1]

@@ -33,7 +33,7 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
         km.start_kernel(env={"EDGEKERNEL_PORT": board.port, "PATH": "/usr/bin:/bin"})
         kc = km.client()
-        kc.start_channels()
+        kc.start_channels(hb=False)
         try:
             kc.wait_for_ready(60)
             yield km, kc

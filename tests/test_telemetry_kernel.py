@@ -37,7 +37,7 @@ def kernel():
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=kernel_env(), cwd=str(ROOT))
     kc = km.client()
-    kc.start_channels()
+    kc.start_channels(hb=False)
     kc.wait_for_ready(timeout=60)
     pid = km.provisioner.process.pid
     try:
