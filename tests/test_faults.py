@@ -10,6 +10,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -21,6 +23,21 @@ from kernel_fixtures import own_unix_board
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Noticing a reset takes seconds; the operations below would otherwise wait out limits far beyond this.
 NOTICE_GUARD = 30.0
+
+
+@contextmanager
+def stalled_link(board, seconds: float) -> Iterator[None]:
+    """The link stalls for `seconds` from now: the board process, which relays the line, is stopped (the
+    board itself runs on). Bytes written meanwhile queue up behind it."""
+    import signal
+    os.kill(board.pid, signal.SIGSTOP)
+    resume = threading.Timer(seconds, os.kill, (board.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        yield
+    finally:
+        resume.join()
+        os.kill(board.pid, signal.SIGCONT)
 
 
 def _journal(flash) -> list[str]:
@@ -182,19 +199,11 @@ def test_a_link_that_stalls_while_a_paced_cell_goes_over_does_not_feed_its_input
     receive buffer). Before: the spare end byte waited in the board's stdin, input() took it as Ctrl-D
     (EOFError), and the answer typed meanwhile landed at the raw prompt and ran as code ahead of the next
     cell (NameError: name 'abc' isn't defined). Now input() gets the answer and the next cell runs clean."""
-    import signal
-
     with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         session.raw_paste = False          # firmware without raw-paste: paced writes, no flow control
-        os.kill(board.pid, signal.SIGSTOP)
-        resume = threading.Timer(1.6, os.kill, (board.pid, signal.SIGCONT))
-        resume.start()
-        try:
+        with stalled_link(board, 1.6):
             r = returns(lambda: session.exec("s = input('? ')\nprint('got', s)", on_input=lambda p: "abc",
                                              timeout=20))
-        finally:
-            resume.join()
-            os.kill(board.pid, signal.SIGCONT)
         assert r.error is None and r.output.endswith(b"got abc\n"), r
         r = returns(lambda: session.exec("print(6*7)", timeout=20))
         assert r.output == b"42\n" and r.error is None, r
@@ -205,7 +214,6 @@ def test_a_link_that_stalls_while_a_paced_put_goes_over_does_not_feed_the_receiv
     waited in the board's stdin and the receiver took it as the first byte of the data; it then waited
     for one byte more than the host sends and the put ran to its limit (60 s + size/500 s; found by
     bench/faults.py as unix-115200 put_small stall hangs). Now the data starts after a byte of its own."""
-    import signal
     from edgekernel.device.files import BoardFiles
 
     data = os.urandom(3000)
@@ -213,14 +221,8 @@ def test_a_link_that_stalls_while_a_paced_put_goes_over_does_not_feed_the_receiv
         files = BoardFiles(session)
         files.caps  # probed before the stall: the put's receiver is the first program after it
         session.raw_paste = False
-        os.kill(board.pid, signal.SIGSTOP)
-        resume = threading.Timer(1.6, os.kill, (board.pid, signal.SIGCONT))
-        resume.start()
-        try:
+        with stalled_link(board, 1.6):
             returns(lambda: files.put(data, "stalled.bin"), 40, "the put")
-        finally:
-            resume.join()
-            os.kill(board.pid, signal.SIGCONT)
         with open(os.path.join(board.flash_dir, "stalled.bin"), "rb") as f:
             assert f.read() == data
         r = returns(lambda: session.exec("print(6*7)", timeout=20))
@@ -231,7 +233,6 @@ def test_a_link_that_stalls_while_a_paced_cell_goes_over_does_not_feed_the_mount
     """The same stall while a cell that reads a mounted host file goes over without raw-paste. The
     spare end byte waits in the board's stdin ahead of the host's answer to the cell's first file
     request; the board skips it instead of taking it as the answer's first byte."""
-    import signal
     from edgekernel.device.mount import mount_folder, unmount_folder
 
     folder = tmp_path / "host"
@@ -241,14 +242,8 @@ def test_a_link_that_stalls_while_a_paced_cell_goes_over_does_not_feed_the_mount
         mount_folder(session, folder, say=lambda line: None)
         try:
             session.raw_paste = False
-            os.kill(board.pid, signal.SIGSTOP)
-            resume = threading.Timer(1.6, os.kill, (board.pid, signal.SIGCONT))
-            resume.start()
-            try:
+            with stalled_link(board, 1.6):
                 r = returns(lambda: session.exec("print(open('greeting.txt').read(), end='')", timeout=30), 40)
-            finally:
-                resume.join()
-                os.kill(board.pid, signal.SIGCONT)
             assert r.error is None and r.output == b"hello from the host\n", r
             r = returns(lambda: session.exec("print(6*7)", timeout=20))
             assert r.output == b"42\n" and r.error is None, r
@@ -263,20 +258,12 @@ def test_a_link_that_stalls_while_the_session_enters_the_raw_repl_keeps_raw_past
     raw-paste; the cell failed ("expected OK from the raw REPL, got b'R\\x01...'") and the session sent
     every later program paced, without flow control (found by bench/faults.py). Now the session is in
     step with the board before it sends anything."""
-    import signal
-
     with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         board.hard_reset()
         time.sleep(2.0)   # booted: the next cell finds the reset at the prompt and enters the raw REPL
-        os.kill(board.pid, signal.SIGSTOP)
-        resume = threading.Timer(2.0, os.kill, (board.pid, signal.SIGCONT))
-        resume.start()
         cell = "".join(f"x = {i}\n" for i in range(400)) + "print(x)"   # > 240 bytes: sent by raw-paste
-        try:
+        with stalled_link(board, 2.0):
             r = returns(lambda: session.exec(cell, timeout=30), 40)
-        finally:
-            resume.join()
-            os.kill(board.pid, signal.SIGCONT)
         assert r.error is None and r.output.endswith(b"399\n"), r
         assert session.raw_paste is True
 
@@ -287,20 +274,12 @@ def test_a_late_banner_is_not_taken_for_firmware_without_raw_paste(tmp_path):
     session sent the cell paced into a board that had switched to raw-paste, and every later program
     went paced, without flow control (bench/faults.py: 50 KB cells cut by a reset then ran to 21 s).
     Now a board that has answered with raw-paste keeps it."""
-    import signal
-
     with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         assert session.raw_paste is True
-        os.kill(board.pid, signal.SIGSTOP)   # the Ctrl-A and the cell queue up behind the stall
-        session.link.write(b"\x01")
-        resume = threading.Timer(0.5, os.kill, (board.pid, signal.SIGCONT))
-        resume.start()
         cell = "".join(f"x = {i}\n" for i in range(400)) + "print(x)"   # > 240 bytes: sent by raw-paste
-        try:
+        with stalled_link(board, 0.5):   # the Ctrl-A and the cell queue up behind the stall
+            session.link.write(b"\x01")
             r = returns(lambda: session.exec(cell, timeout=30), 40)
-        finally:
-            resume.join()
-            os.kill(board.pid, signal.SIGCONT)
         assert r.error is None and r.output.endswith(b"399\n"), r
         assert session.raw_paste is True
 
