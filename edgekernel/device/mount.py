@@ -9,8 +9,8 @@ Two halves, both here:
   answered by the host on the board's stdin. Requests run with ``micropython.kbd_intr(-1)``; a raw 0x03
   in an answer is the host's Ctrl-C (answers never hold one), so the board reads the whole answer and
   then raises KeyboardInterrupt: Ctrl-C mid-read leaves nothing unread behind. An answer starts with a
-  byte whose top bit is set; other bytes before it (a spare end byte from a paced upload) are skipped. Reads and writes go in
-  chunks of at most ``chunk`` bytes, so a file larger than the board's RAM streams.
+  byte whose top bit is set; other bytes before it (a spare end byte from a paced upload) are skipped.
+  Reads and writes go in chunks of at most ``chunk`` bytes, so a file larger than the board's RAM streams.
 * **On the host** (``MountFolder``): serves one folder. Paths are relative to it; a path that leaves it
   (``..`` above it, a symlink pointing out of it unless allowed) is refused with EACCES.
 

@@ -357,13 +357,12 @@ class BoardSession(ValuesFromExec):
                 # The raw REPL says nothing while it takes a program: bytes now may be a board that
                 # reset, whose new REPL would run the rest a line at a time. Send nothing until they
                 # are known: reboot text (raises), or a pause in them (a late banner: go on).
-                self._check_upload_reset(text, deadline, self._buf[held:])
-                quiet_at = time.monotonic() + UPLOAD_NOISE_QUIET
-                while time.monotonic() < min(quiet_at, deadline):
+                while True:
+                    self._check_upload_reset(text, deadline, self._buf[held:])
                     held = len(self._buf)
-                    if self._read_more(max(0.0, min(quiet_at, deadline) - time.monotonic())):
-                        self._check_upload_reset(text, deadline, self._buf[held:])
-                        quiet_at = time.monotonic() + UPLOAD_NOISE_QUIET
+                    quiet = min(UPLOAD_NOISE_QUIET, deadline - time.monotonic())
+                    if quiet <= 0 or not self._read_more(quiet):
+                        break
                 next_write = time.monotonic()
             self.link.write(code[i: i + PACED_CHUNK])
         # The end byte keeps the pace too: lost in a full buffer, it would leave the board waiting.
