@@ -643,8 +643,9 @@ def run_trial(t: Trial, log: Callable[[str], None]) -> Counts:
         tg.replug()
 
     # Files: the old content or the new, never a third (no file at all after a failed put only where the
-    # board has no os.rename and says so; rm: present or gone).
-    if t.file is not None and t.op != "get":
+    # board has no os.rename and says so; rm: present or gone). Not checked when the op's own setup
+    # (writing the old content) failed: the op never ran, so there is no old content to compare.
+    if t.file is not None and t.op != "get" and t.old is not None:
         try:
             now = tg.flash_read(t.file)
         except Exception as e:   # noqa: BLE001
