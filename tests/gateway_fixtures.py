@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from jupyter_client import KernelManager
 
+from kernel_fixtures import started_client
 from pi_lab import PiLab, lab_unavailable_reason, wait_gone
 
 CELL_TIMEOUT = 60.0
@@ -114,8 +115,7 @@ class Kernels:
     def start(self, name: str) -> tuple[KernelManager, Any]:
         km = KernelManager(kernel_name=name)
         km.start_kernel()
-        kc = km.client()
-        kc.start_channels(hb=False)
+        kc = started_client(km)
         self.started.append((km, kc))
         kc.wait_for_ready(timeout=60)
         return km, kc

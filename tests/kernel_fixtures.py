@@ -41,6 +41,17 @@ BOARD_KINDS = ("unix", "microbit")
 BOARD_OPTIONS: dict[str, dict[str, Any]] = {"unix": {}, "microbit": {"baud": 115200}}
 
 
+def started_client(km: KernelManager) -> Any:
+    """A blocking client of `km` with its channels started: every test starts its clients here.
+
+    No heartbeat channel: no test uses it, and under load jupyter_client's heartbeat thread can block
+    for good in a REQ send after it declared heart failure, so stop_channels() never returned (a loaded
+    fresh-clone run hung in a fixture's teardown)."""
+    kc = km.client()
+    kc.start_channels(hb=False)
+    return kc
+
+
 # -- processes ---------------------------------------------------------------------------
 
 def describe(pids: set[int]) -> str:
@@ -285,11 +296,7 @@ class Kernel:
         self.km = KernelManager(kernel_name=kernel_name)
         self.km.start_kernel(env=env)
         self.pids: set[int] = {self.pid}
-        self.kc = self.km.client()
-        # No heartbeat channel: no test uses it, and under load jupyter_client's heartbeat thread can block
-        # for good in a REQ send after it declared heart failure, so stop_channels() never returned
-        # (a loaded fresh-clone run hung in a fixture's teardown).
-        self.kc.start_channels(hb=False)
+        self.kc = started_client(self.km)
         self._replies: dict[str, dict[str, Any]] = {}
         self._iopub: dict[str, list[dict[str, Any]]] = {}
         self._stdin: dict[str, list[dict[str, Any]]] = {}

@@ -7,6 +7,7 @@ it must notice the fault at once, or a line typed for input() ran as code.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -23,13 +24,14 @@ from kernel_fixtures import own_unix_board
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Noticing a reset takes seconds; the operations below would otherwise wait out limits far beyond this.
 NOTICE_GUARD = 30.0
+# 400 lines, well over 240 bytes: a cell the session sends by raw-paste.
+RAW_PASTE_CELL = "".join(f"x = {i}\n" for i in range(400)) + "print(x)"
 
 
 @contextmanager
 def stalled_link(board, seconds: float) -> Iterator[None]:
     """The link stalls for `seconds` from now: the board process, which relays the line, is stopped (the
     board itself runs on). Bytes written meanwhile queue up behind it."""
-    import signal
     os.kill(board.pid, signal.SIGSTOP)
     resume = threading.Timer(seconds, os.kill, (board.pid, signal.SIGCONT))
     resume.start()
@@ -261,9 +263,8 @@ def test_a_link_that_stalls_while_the_session_enters_the_raw_repl_keeps_raw_past
     with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         board.hard_reset()
         time.sleep(2.0)   # booted: the next cell finds the reset at the prompt and enters the raw REPL
-        cell = "".join(f"x = {i}\n" for i in range(400)) + "print(x)"   # > 240 bytes: sent by raw-paste
         with stalled_link(board, 2.0):
-            r = returns(lambda: session.exec(cell, timeout=30), 40)
+            r = returns(lambda: session.exec(RAW_PASTE_CELL, timeout=30), 40)
         assert r.error is None and r.output.endswith(b"399\n"), r
         assert session.raw_paste is True
 
@@ -276,10 +277,9 @@ def test_a_late_banner_is_not_taken_for_firmware_without_raw_paste(tmp_path):
     Now a board that has answered with raw-paste keeps it."""
     with own_unix_board(tmp_path) as board, BoardSession.open(board.port, timeout=20) as session:
         assert session.raw_paste is True
-        cell = "".join(f"x = {i}\n" for i in range(400)) + "print(x)"   # > 240 bytes: sent by raw-paste
         with stalled_link(board, 0.5):   # the Ctrl-A and the cell queue up behind the stall
             session.link.write(b"\x01")
-            r = returns(lambda: session.exec(cell, timeout=30), 40)
+            r = returns(lambda: session.exec(RAW_PASTE_CELL, timeout=30), 40)
         assert r.error is None and r.output.endswith(b"399\n"), r
         assert session.raw_paste is True
 

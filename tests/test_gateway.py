@@ -23,6 +23,7 @@ from edgekernel.gateway.ssh import SSHHost
 from edgekernel.gateway.websocket_nodelay import KERNEL_GATEWAY_OPTION
 from edgekernel.processes import alive
 from gateway_fixtures import execute, gateways, kernels, where  # noqa: F401  (fixtures)
+from kernel_fixtures import started_client
 from pi_lab import REPO, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
@@ -663,8 +664,7 @@ def test_a_taken_local_port_gets_other_ports(gateways, kernels):
         km = KernelManager(kernel_name=gateways.board_kernel)
         km.shell_port = taken.getsockname()[1]   # as if another process had bound it since
         km.start_kernel()
-        kc = km.client()
-        kc.start_channels(hb=False)
+        kc = started_client(km)
         kernels.started.append((km, kc))
         kc.wait_for_ready(timeout=60)
         assert km.shell_port != taken.getsockname()[1]

@@ -16,6 +16,7 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from edgekernel.emulator import start_board
+from kernel_fixtures import started_client
 
 
 @pytest.fixture
@@ -32,8 +33,7 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         km = KernelManager(kernel_name="mp-message",
                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
         km.start_kernel(env={"EDGEKERNEL_PORT": board.port, "PATH": "/usr/bin:/bin"})
-        kc = km.client()
-        kc.start_channels(hb=False)
+        kc = started_client(km)
         try:
             kc.wait_for_ready(60)
             yield km, kc

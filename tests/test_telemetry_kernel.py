@@ -19,7 +19,7 @@ import pytest
 from jupyter_client import KernelManager
 
 from edgekernel.mqtt.broker import mosquitto_path, start_mosquitto
-from kernel_fixtures import alive, describe, wait_gone
+from kernel_fixtures import alive, describe, started_client, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Kern-s3cret-41x"
@@ -36,8 +36,7 @@ def kernel_env() -> dict[str, str]:
 def kernel():
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=kernel_env(), cwd=str(ROOT))
-    kc = km.client()
-    kc.start_channels(hb=False)
+    kc = started_client(km)
     kc.wait_for_ready(timeout=60)
     pid = km.provisioner.process.pid
     try:
