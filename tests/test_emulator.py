@@ -192,6 +192,29 @@ def test_ctrl_c_interrupts_running_code(board, port, paste):
     assert board.board_pids() == pids  # interrupted, not restarted
 
 
+def test_ctrl_c_into_code_that_allocates_leaves_the_heap_usable(board, port):
+    """A board's Ctrl-C schedules the KeyboardInterrupt; the unix port's own SIGINT handler raised it
+    mid-C-code, and one landing in the garbage collector left the heap locked for good (every later
+    allocation: "memory allocation failed, heap is locked"; seen within 4 interrupts of this loop)."""
+    port.enter_raw()
+    rounds = 30
+    port.write(b"for i in range(%d):\n"
+               b"    print('loop', i)\n"
+               b"    try:\n"
+               b"        while True:\n"
+               b"            b = bytearray(8192)\n"
+               b"    except KeyboardInterrupt:\n"
+               b"        print('main', bytearray(100) and i)\n"
+               b"\x04" % rounds)
+    for i in range(rounds):
+        port.read_until(f"loop {i}\n".encode())
+        time.sleep(0.11 + 0.003 * (i % 7))  # past the 100 ms in which a second Ctrl-C is merged into the first
+        port.write(b"\x03")
+        port.read_until(f"main {i}\n".encode())
+    assert port.read_until(b"\x04>") == b"\x04\x04>"
+    assert port.exec_raw("print(len(bytearray(100)))") == (b"100\n", b"")
+
+
 def test_ctrl_c_interrupts_print_flood(board, port):
     port.enter_raw()
     port.write(b"while True: print('flood flood flood flood')\x04")

@@ -15,6 +15,15 @@ MicroPython starts:
 4. it runs MicroPython with the flash folder as ``/`` and working directory, and no environment
    variables but ``MICROPYPATH`` (a board has none; the host's may hold secrets).
 
+Ctrl-C like a board's (``--wheel`` only): the unix port raises KeyboardInterrupt straight from its SIGINT
+handler (``MICROPY_ASYNC_KBD_INTR``), wherever the C code is. Landing inside the garbage collector, that
+leaves the heap flagged as collecting for good: every later allocation fails with "memory allocation
+failed, heap is locked" (measured: the 4th SIGINT into a loop of ``bytearray(8192)``). A board's UART
+interrupt only *schedules* the exception (``mp_sched_keyboard_interrupt``), which the VM raises at its
+next check, or a blocking call on its way out. So the launcher makes :data:`INTERRUPT_SIGNAL` run exactly
+that function of the loaded MicroPython, and the board wrapper sends it instead of SIGINT when it is
+caught (see ``unix_board``). A statically linked executable (``--exec``) keeps the unix port's SIGINT.
+
 The process is not forked: the PID its parent recorded is the one that runs MicroPython, so killing it
 kills the board, and nothing is left behind. Where no isolation is possible it exits with status
 :data:`REFUSED` after one line on stderr that says why and what to do.
@@ -32,6 +41,7 @@ import signal
 import struct
 import sys
 
+INTERRUPT_SIGNAL = signal.SIGUSR2  # schedules a KeyboardInterrupt (--wheel); free in the unix port on Linux
 REFUSED = 121  # exit status: the sandbox could not be set up (the message is on stderr)
 MESSAGE_PREFIX = "edgekernel sandbox: "
 BOARD_ENVIRONMENT = ("MICROPYPATH",)  # the only host environment variables MicroPython gets
@@ -191,6 +201,24 @@ def _drop_capabilities(libc: _Libc, last_cap: int) -> None:
     libc.call("dropping capabilities", libc.lib.capset(header, data))
 
 
+def install_scheduled_interrupt(library_path: str) -> bool:
+    """Make :data:`INTERRUPT_SIGNAL` call the MicroPython library's ``mp_sched_keyboard_interrupt``
+    (a board's Ctrl-C: KeyboardInterrupt at the VM's next check). Not restarted by the kernel, so a
+    blocking read or sleep returns EINTR and raises it too. False if the library lacks the function."""
+    try:
+        schedule = ctypes.CDLL(library_path).mp_sched_keyboard_interrupt
+    except (OSError, AttributeError):
+        return False
+    # It takes no argument; called as a handler it ignores the signal number (C calling convention).
+    handler = ctypes.cast(schedule, ctypes.c_void_p).value
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    if libc.signal(INTERRUPT_SIGNAL, handler) == ctypes.c_void_p(-1).value:
+        return False
+    return libc.siginterrupt(INTERRUPT_SIGNAL, 1) == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="the flash folder: the board's whole filesystem")
@@ -208,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1  # the board process is already gone
     # Load MicroPython while the host's files are still there.
     if opts.wheel:
-        from micropython_run import run_main  # type: ignore[import-not-found]
+        import micropython_run  # type: ignore[import-not-found]
+        install_scheduled_interrupt(micropython_run.__file__)
     else:
         exe_fd = os.open(opts.exec, os.O_RDONLY)
     try:
@@ -222,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.clear()  # also the C environment, which run_main's getenv reads
     os.environ.update(board_env)
     if opts.wheel:
-        return run_main(["micropython"] + args)
+        return micropython_run.run_main(["micropython"] + args)
     os.execve(exe_fd, ["micropython"] + args, board_env)  # fexecve: the file is no longer reachable by name
     return 1
 

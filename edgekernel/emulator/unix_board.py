@@ -14,8 +14,10 @@ the unix port differs from a board (all measured with MicroPython 1.29 from jonn
   port only reacts to SIGINT, and SIGINT is deadly whenever MicroPython has not installed its handler
   (it installs it only while user code runs, and a second SIGINT before the first is handled resets
   it to SIG_DFL). So on each ``\\x03`` the wrapper stops the process (SIGSTOP), reads its SIGINT
-  disposition from ``/proc/PID/status`` (SigCgt), sends SIGINT only if the handler is installed,
-  and continues it (SIGCONT). While stopped the disposition cannot change, so there is no race with
+  disposition from ``/proc/PID/status`` (SigCgt), interrupts only if the handler is installed,
+  and continues it (SIGCONT). It interrupts with the launcher's ``INTERRUPT_SIGNAL`` where that is
+  caught: it schedules the KeyboardInterrupt as a board's UART does, where the unix port's own SIGINT
+  handler raises it mid-C-code and can leave the heap locked for good (see ``sandbox``). While stopped the disposition cannot change, so there is no race with
   code that is just finishing. Otherwise the byte goes to stdin, where the REPL treats it as a
   board does (cancel the line; abort a raw-paste upload). If the byte stream says code was just
   submitted but MicroPython has not started it yet, the wrapper waits (up to 1 s) for the handler
@@ -72,7 +74,7 @@ import time
 import tty
 
 from . import BoardError, EmulatorNotInstalled, SandboxUnavailable
-from .sandbox import MESSAGE_PREFIX, REFUSED, is_static_executable
+from .sandbox import INTERRUPT_SIGNAL, MESSAGE_PREFIX, REFUSED, is_static_executable
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_MARK = b'Type "help()" for more information.\r\n'
@@ -164,23 +166,28 @@ def _partial_suffix(data: bytes | bytearray, word: bytes) -> int:
     return 0
 
 
-def _sigint_caught(pid: int) -> bool:
+def _caught_signals(pid: int) -> int:
+    """The process's SigCgt mask: bit N-1 set if it has a handler for signal N."""
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
             if line.startswith(b"SigCgt:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
-    return False
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _bit(sig: int) -> int:
+    return 1 << (sig - 1)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _sigint_main_thread(pid: int) -> None:
-    """SIGINT to the main thread itself (its TID is the PID). Sent to the process, the signal waits
+def _signal_main_thread(pid: int, sig: int) -> None:
+    """`sig` to the main thread itself (its TID is the PID). Sent to the process, the signal waits
     while it is stopped and goes to whichever thread runs first after SIGCONT; MicroPython raises
     KeyboardInterrupt in the thread that handles it, so another thread (the MQTT agent's reader)
     could take the interrupt meant for the code running in the main thread."""
-    if _libc.tgkill(pid, pid, signal.SIGINT) != 0:
+    if _libc.tgkill(pid, pid, sig) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))  # ESRCH: ProcessLookupError
 
@@ -649,7 +656,7 @@ class UnixBoard:
         self._release_held()
 
     def _try_sigint(self) -> bool:
-        """SIGINT the process if, and only if, MicroPython's handler is installed (race-free)."""
+        """Interrupt the process if, and only if, MicroPython's SIGINT handler is installed (race-free)."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return False
@@ -658,9 +665,11 @@ class UnixBoard:
         try:
             os.kill(pid, signal.SIGSTOP)
             if _wait_stopped(pid):
-                caught = _sigint_caught(pid)
+                handlers = _caught_signals(pid)
+                caught = bool(handlers & _bit(signal.SIGINT))  # MicroPython's: Ctrl-C is on
                 if caught:
-                    _sigint_main_thread(pid)
+                    scheduled = handlers & _bit(INTERRUPT_SIGNAL)
+                    _signal_main_thread(pid, INTERRUPT_SIGNAL if scheduled else signal.SIGINT)
         except (ProcessLookupError, FileNotFoundError):
             return False
         finally:
