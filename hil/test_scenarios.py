@@ -182,6 +182,43 @@ def test_memory_error(board):
         assert r.ok and r.text.strip() == "2000"
 
 
+def test_a_cell_that_leaves_the_heap_locked_ends_and_the_next_one_runs(board):
+    """micropython.heap_lock() with no heap_unlock(): the friendly REPL unlocks when its prompt returns,
+    the raw REPL never does (and then nothing can compile). A cell ends like the prompt: unlocked.
+    Before, the helper's own end marker failed to allocate and the cell never ended."""
+    r = board.exec("import micropython\nkept = 5\nprint(hasattr(micropython, 'heap_lock'))", timeout=15)
+    if r.text.strip() != "True":
+        pytest.skip(f"{board.target.name}: this firmware has no micropython.heap_lock")
+    r = board.exec("micropython.heap_lock()", timeout=15)
+    assert r.ok and not r.timed_out, r
+    assert_usable(board)
+    # Locked twice, then an allocation fails: the user's MemoryError, from the cell's own line (1.9.2
+    # records no traceback for an exception raised while the heap is locked).
+    r = board.exec("micropython.heap_lock()\nmicropython.heap_lock()\nx = [1, 2]", timeout=15)
+    assert r.error is not None and r.error.type == "MemoryError" and not r.timed_out, r
+    lines = [f.line for f in r.error.frames if f.file == "<cell>"]
+    assert lines == ([] if board.target.name == "microbit" else [3]), r.error.frames
+    assert_usable(board)
+    assert board.exec("print(kept)", timeout=15).text.strip() == "5"
+
+
+def test_a_heap_left_locked_by_a_streamed_cell_is_named(board):
+    """A cell too big to frame runs in the raw REPL itself: if it fails with the heap locked, nothing
+    unlocks it, and the next cell cannot be compiled. The error says so, and what to do."""
+    if board.target.ram_small:
+        pytest.skip("a cell too big to frame does not fit a 16 KB heap with room to spare")
+    padding = "# " + "x" * 78 + "\n"
+    cell = padding * (board.framed_limit // len(padding) + 1) + "import micropython\nmicropython.heap_lock()\nx = [1, 2]\n"
+    r = board.exec(cell, timeout=30)
+    assert r.error is not None and r.error.type == "MemoryError", r
+    r = board.exec("print(6 * 7)", timeout=15)
+    assert r.error is not None and r.error.type == "MemoryError", r
+    assert "heap is locked" in r.error.message and "soft-reset" in r.error.message, r.error.message
+    assert "smaller" not in r.error.message, r.error.message
+    board.soft_reset(timeout=20)
+    assert_usable(board)
+
+
 def test_no_heap_lost_per_exec(board):
     # A board runs a notebook's cells for hours: an exec must not cost heap for
     # good (the micro:bit has ~7 KB free).

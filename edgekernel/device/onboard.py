@@ -58,6 +58,12 @@ DAMAGED_CELL = "the cell arrived damaged"
 # A board that has this very helper already (a new session on a running board) keeps it: nothing
 # is rebuilt, which on a 16 KB heap would leave it more fragmented at each connect. Reinstalled
 # over an older helper, it keeps the original input() that one saved.
+# u() ends every cell the way the friendly REPL's prompt does: a heap the cell left locked
+# (micropython.heap_lock() with no heap_unlock()) is unlocked before the helper prints its own
+# markers, which allocate (the raw REPL never unlocks, and then nothing could compile either). It
+# must not allocate itself while locked: heap_lock() + heap_unlock() gives the depth where the
+# firmware says (1.13+); before that it returns None, and while an allocation fails with memory free
+# it is locked. Never unlock blindly: below zero the depth wraps and the heap stays locked for good.
 _HELPER = """\
 if getattr(globals().get('_ek'), 'v', 0) != VERSION:
     class _ek:
@@ -76,11 +82,14 @@ if getattr(globals().get('_ek'), 'v', 0) != VERSION:
                     raise OSError('edgekernel: the cell arrived damaged (%d of %d characters): the link drops bytes' % (len(s), k))
                 exec(s, {'_ek': _ek} if i else _ek.g)
             except BaseException as e:
+                _ek.u()
                 if isinstance(e, SystemExit):
                     print(m + 'D', end='')
                     raise
                 print(m + 'E', end='')
                 _ek.sys.print_exception(e)
+            else:
+                _ek.u()
             print(m + 'D', end='')
         def out(v):
             if v is not None:
@@ -101,9 +110,26 @@ if getattr(globals().get('_ek'), 'v', 0) != VERSION:
                 raise OSError('input() needs a front end that allows stdin')
             return r
         def done():
+            _ek.u()
             print(_ek.m + 'D', end='')
+        def u():
+            try:
+                h = _ek.h
+                h.heap_lock()
+                d = h.heap_unlock()
+                while d is None:
+                    try:
+                        d = [0] and 0
+                    except MemoryError:
+                        if _ek.gc.mem_free() < 99:
+                            break
+                        h.heap_unlock()
+                while d:
+                    d = h.heap_unlock()
+            except Exception:
+                pass
         g = globals()
-        import sys
+        import sys, gc, micropython as h
         try:
             __import__('builtins').input = inp
         except Exception:

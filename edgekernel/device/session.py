@@ -31,6 +31,7 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 SOFT_REBOOT = b"soft reboot\r\n"
 TRACEBACK_HEAD = b"Traceback (most recent call last):"
 MEMORY_HEAD = b"MemoryError:"
+HEAP_LOCKED = "heap is locked"  # MicroPython's MemoryError text while micropython.heap_lock() is on
 NATIVE_END = b"\x04>"
 
 # A reset shows itself by one of these, then a prompt, then silence.
@@ -1166,10 +1167,15 @@ class _Follower:
                     "OSError", f"edgekernel: {onboard.DAMAGED_CELL} (the board could not parse the call "
                                "that carries it): the link drops bytes")
             elif failure == "MemoryError":
-                self.result.error = BoardException(
-                    "MemoryError", f"the board has too little free memory to take this cell in "
-                                   f"({err.decode(errors='replace').strip().splitlines()[-1].split(': ', 1)[-1]}): make the cell "
-                                   "smaller, free memory (del big objects, then gc.collect()) or soft-reset the board")
+                detail = err.decode(errors="replace").strip().splitlines()[-1].split(": ", 1)[-1]
+                if HEAP_LOCKED in detail:
+                    # Compiling allocates, and the raw REPL (unlike the friendly one) never unlocks.
+                    message = ("the board's heap is locked (micropython.heap_lock() with no heap_unlock() after "
+                               "it), so it can take no code in: soft-reset the board")
+                else:
+                    message = (f"the board has too little free memory to take this cell in ({detail}): make the "
+                               "cell smaller, free memory (del big objects, then gc.collect()) or soft-reset the board")
+                self.result.error = BoardException("MemoryError", message)
             elif err:
                 self.result.error = parse_traceback(err.decode(errors="replace"),
                                                     hide_files=self.hide_files, rename=self.rename)
